@@ -1,0 +1,60 @@
+"""Packaging for llamafactory-clip.
+
+Only ``llamafactory.clip_finetune*`` are packages: ``llamafactory`` itself belongs to the LLaMA-Factory
+distribution. The wheel also ships ``llamafactory_clip_hook.py`` at the site-packages root and a ``.pth``
+that imports it at interpreter start, in regular and in editable installs (see ``_HookPth``).
+"""
+
+import os
+import re
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
+
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+PTH_NAME = "llamafactory_clip_hook.pth"
+PTH_LINE = "import llamafactory_clip_hook\n"
+
+
+def read_constant(path: str, name: str) -> str:
+    with open(os.path.join(ROOT, "src", path), encoding="utf-8") as f:
+        return re.search(rf'^{name} = "([^"]+)"', f.read(), re.M).group(1)
+
+
+class BuildPyWithPth(build_py):
+    """Regular wheels: put the .pth at the root of the wheel, i.e. of site-packages."""
+
+    def run(self):
+        super().run()
+        with open(os.path.join(self.build_lib, PTH_NAME), "w", encoding="utf-8") as f:
+            f.write(PTH_LINE)
+
+
+class EditableWheelWithPth(editable_wheel):
+    """Editable wheels: setuptools only maps packages there, so add the .pth to the unpacked wheel."""
+
+    def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):
+        result = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
+        with open(os.path.join(unpacked_wheel, PTH_NAME), "w", encoding="utf-8") as f:
+            f.write(PTH_LINE)
+        return result
+
+
+setup(
+    name="llamafactory-clip",
+    version=read_constant("llamafactory/clip_finetune/__init__.py", "__version__"),
+    description="CLIP finetuning stage (`stage: clip`) for LLaMA-Factory",
+    long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_packages("src", include=["llamafactory.clip_finetune", "llamafactory.clip_finetune.*"]),
+    py_modules=["llamafactory_clip_hook"],
+    package_data={"llamafactory.clip_finetune": ["configs/**/*.yaml"]},
+    install_requires=["llamafactory" + read_constant("llamafactory_clip_hook.py", "TESTED_RANGE")],
+    extras_require={"dev": ["pytest>=8", "ruff"]},
+    cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},
+)

@@ -1,0 +1,108 @@
+"""Read dataset entries from ``dataset_dir/dataset_info.json`` (LLaMA-Factory's registry file)."""
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+
+FORMATTINGS = ("imagefolder", "table", "coop", "karpathy", "hf")
+TASKS = ("classification", "image_to_text")
+ENTRY_KEYS = {"task", "file_name", "hf_hub_url", "formatting", "split", "image_dir", "columns", "classnames", "templates"}
+DEFAULT_COLUMNS = {"image": "image", "label": "label", "captions": "captions"}
+
+
+@dataclass
+class DatasetAttr:
+    name: str
+    task: Literal["classification", "image_to_text"]
+    formatting: str
+    path: Optional[str] = None  # file or folder, already joined with dataset_dir
+    hf_hub_url: Optional[str] = None
+    split: str = "train"
+    image_dir: Optional[str] = None
+    columns: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_COLUMNS))
+    classnames: Optional[list[str]] = None
+    templates: Any = None
+
+    @property
+    def where(self) -> str:
+        return f"dataset `{self.name}`"
+
+
+def _infer_formatting(path: str) -> str:
+    base = os.path.basename(path)
+    if os.path.isdir(path):
+        return "hf" if os.path.isfile(os.path.join(path, "state.json")) else "imagefolder"
+    if base.startswith("split_zhou_") and base.endswith(".json"):
+        return "coop"
+    if base.endswith((".csv", ".tsv", ".jsonl", ".json")):
+        return "table"
+    raise ValueError(f"Cannot tell the format of `{path}`: set `formatting` to one of {FORMATTINGS}.")
+
+
+def _read_classnames(value: Any, dataset_dir: str, name: str) -> Optional[list[str]]:
+    if value is None or isinstance(value, list):
+        return value
+    path = os.path.join(dataset_dir, value)
+    if not os.path.isfile(path):
+        raise ValueError(f"dataset `{name}`: classnames file `{path}` does not exist.")
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def read_dataset_info(dataset_dir: str) -> dict[str, dict[str, Any]]:
+    info_path = os.path.join(dataset_dir, "dataset_info.json")
+    try:
+        with open(info_path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as err:
+        raise ValueError(f"dataset_dir: `{info_path}` does not exist.") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"`{info_path}` is not valid JSON: {err}.") from err
+
+
+def get_dataset_attr(name: str, dataset_dir: str, info: dict[str, dict[str, Any]]) -> DatasetAttr:
+    if name not in info:
+        raise ValueError(
+            f"dataset `{name}` is not in {os.path.join(dataset_dir, 'dataset_info.json')} "
+            f"(it has: {', '.join(sorted(info)) or 'nothing'})."
+        )
+    entry = info[name]
+    unknown = set(entry) - ENTRY_KEYS
+    if unknown:
+        raise ValueError(f"dataset `{name}`: unknown key(s) {sorted(unknown)}; valid keys are {sorted(ENTRY_KEYS)}.")
+    task = entry.get("task", "classification")
+    if task not in TASKS:
+        raise ValueError(f"dataset `{name}`: task must be one of {TASKS}, got `{task}`.")
+    if ("file_name" in entry) == ("hf_hub_url" in entry):
+        raise ValueError(f"dataset `{name}`: give exactly one of `file_name` or `hf_hub_url`.")
+
+    path = os.path.join(dataset_dir, entry["file_name"]) if "file_name" in entry else None
+    if path is not None and not os.path.exists(path):
+        raise ValueError(f"dataset `{name}`: `{path}` does not exist.")
+    formatting = entry.get("formatting") or ("hf" if path is None else _infer_formatting(path))
+    if formatting not in FORMATTINGS:
+        raise ValueError(f"dataset `{name}`: formatting must be one of {FORMATTINGS}, got `{formatting}`.")
+    image_dir = entry.get("image_dir")
+    return DatasetAttr(
+        name=name,
+        task=task,
+        formatting=formatting,
+        path=path,
+        hf_hub_url=entry.get("hf_hub_url"),
+        split=entry.get("split", "train"),
+        image_dir=os.path.join(dataset_dir, image_dir) if image_dir else None,
+        columns={**DEFAULT_COLUMNS, **entry.get("columns", {})},
+        classnames=_read_classnames(entry.get("classnames"), dataset_dir, name),
+        templates=entry.get("templates"),
+    )
+
+
+def get_dataset_attrs(names: list[str], dataset_dir: str, task: str) -> list[DatasetAttr]:
+    info = read_dataset_info(dataset_dir)
+    attrs = [get_dataset_attr(name, dataset_dir, info) for name in names]
+    for attr in attrs:
+        if attr.task != task:
+            raise ValueError(f"{attr.where} is a {attr.task} dataset, but clip_task is {task}.")
+    return attrs

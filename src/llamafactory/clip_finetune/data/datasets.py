@@ -1,0 +1,62 @@
+"""Torch datasets that yield uint8 images (normalized later, on the device) with labels or caption tokens."""
+
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from .readers import CaptionSamples, ClassificationSamples
+from .transforms import decode
+
+
+class ClassificationDataset(Dataset):
+    def __init__(self, samples: ClassificationSamples, transform: Any):
+        self.samples = samples
+        self.labels = torch.tensor(samples.labels, dtype=torch.long)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = decode(self.samples.images[index], self.samples.origins[index])
+        return {"pixel_values": self.transform(image), "labels": self.labels[index]}
+
+    def subset(self, indices: torch.Tensor) -> "ClassificationDataset":
+        picked = indices.tolist()
+        s = self.samples
+        samples = ClassificationSamples(
+            [s.images[i] for i in picked], [s.labels[i] for i in picked], s.classnames, [s.origins[i] for i in picked]
+        )
+        return ClassificationDataset(samples, self.transform)
+
+
+class CaptionDataset(Dataset):
+    """Images with their captions, tokenized once.
+
+    Training items pair an image with one of its captions, drawn at random each time. Evaluation items are the
+    images alone; ``input_ids``/``attention_mask`` hold every caption and ``caption_image`` says whose it is.
+    """
+
+    def __init__(self, samples: CaptionSamples, transform: Any, tokenizer: Any, max_length: int, train: bool):
+        self.samples = samples
+        self.transform = transform
+        self.train = train
+        flat = [caption for captions in samples.captions for caption in captions]
+        tokens = tokenizer(flat, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+        self.input_ids = tokens["input_ids"]
+        self.attention_mask = tokens["attention_mask"]
+        counts = torch.tensor([len(captions) for captions in samples.captions])
+        self.caption_image = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        self.caption_start = torch.cumsum(counts, 0) - counts
+        self.caption_count = counts
+
+    def __len__(self) -> int:
+        return len(self.samples.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = self.transform(decode(self.samples.images[index], self.samples.origins[index]))
+        if not self.train:
+            return {"pixel_values": image}
+        pick = self.caption_start[index] + torch.randint(int(self.caption_count[index]), ()).item()
+        return {"pixel_values": image, "input_ids": self.input_ids[pick], "attention_mask": self.attention_mask[pick]}

@@ -1,0 +1,106 @@
+"""Turn ``dataset`` / ``eval_dataset`` / ``val_dataset`` names into torch datasets for one task."""
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from llamafactory.extras import logging
+
+from ..hparams.data_args import split_names
+from .dataset_info import DatasetAttr, get_dataset_attrs
+from .datasets import CaptionDataset, ClassificationDataset
+from .fewshot import sample_per_class, validation_shots
+from .readers import CaptionSamples, ClassificationSamples, read_samples
+from .templates import COOP_TEMPLATES, resolve_templates
+from .transforms import ImageSpec
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class ClipDatasets:
+    train: Optional[Any]
+    eval: Optional[Any]
+    val: Optional[Any]
+    classnames: Optional[list[str]]
+    templates: list[str]
+    spec: ImageSpec
+
+
+def _merge(attrs: list[DatasetAttr], max_samples: Optional[int]) -> Any:
+    parts = [read_samples(attr) for attr in attrs]
+    if max_samples is not None:
+        for part in parts:
+            for key in vars(part):
+                if key != "classnames":
+                    setattr(part, key, getattr(part, key)[:max_samples])
+    first = parts[0]
+    for attr, part in zip(attrs[1:], parts[1:]):
+        if isinstance(part, ClassificationSamples) and part.classnames != first.classnames:
+            raise ValueError(
+                f"{attr.where} has classes {part.classnames}, but {attrs[0].where} has {first.classnames}: "
+                "datasets combined in one run must share one class list."
+            )
+        for key in vars(part):
+            if key != "classnames":
+                getattr(first, key).extend(getattr(part, key))
+    return first
+
+
+def _templates(data_args: Any, attrs: list[DatasetAttr]) -> list[str]:
+    if data_args.templates is not None:
+        return list(data_args.templates)
+    attr = attrs[0]
+    if attr.templates is not None:
+        return resolve_templates(attr.templates, attr.where)
+    if attr.formatting == "coop":
+        name = os.path.basename(attr.path)[len("split_zhou_") : -len(".json")]
+        if name in COOP_TEMPLATES:
+            return list(COOP_TEMPLATES[name])
+    return resolve_templates(None, attr.where)
+
+
+def _check_classes(samples: ClassificationSamples, attr_names: str, require_all: bool) -> None:
+    counts = torch.bincount(torch.tensor(samples.labels, dtype=torch.long), minlength=len(samples.classnames))
+    empty = [samples.classnames[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+    if empty and require_all:
+        raise ValueError(f"dataset {attr_names}: class(es) {empty} have no images; every class needs at least one.")
+
+
+def load_clip_datasets(data_args: Any, task: str, seed: int, image_processor: Any, tokenizer: Any) -> ClipDatasets:
+    spec = ImageSpec.from_processor(image_processor, data_args)
+    splits = {"train": data_args.dataset, "eval": data_args.eval_dataset, "val": data_args.val_dataset}
+    attrs = {key: get_dataset_attrs(split_names(v), data_args.dataset_dir, task) for key, v in splits.items() if v}
+    samples = {key: _merge(value, data_args.max_samples) for key, value in attrs.items()}
+    first_attrs = next(iter(attrs.values()))
+    templates = _templates(data_args, first_attrs)
+
+    classnames = None
+    if task == "classification":
+        classnames = next(iter(samples.values())).classnames
+        for key, part in samples.items():
+            if part.classnames != classnames:
+                raise ValueError(
+                    f"The {key} dataset ({splits[key]}) has classes {part.classnames}, but {classnames} came first: "
+                    "train, eval and val datasets must share one class list."
+                )
+            _check_classes(part, splits[key], require_all=key == "train")
+
+    def build(key: str) -> Optional[Any]:
+        if key not in samples:
+            return None
+        transform = spec.train_transform() if key == "train" else spec.eval_transform()
+        if isinstance(samples[key], CaptionSamples):
+            return CaptionDataset(samples[key], transform, tokenizer, data_args.max_caption_length, key == "train")
+        dataset = ClassificationDataset(samples[key], transform)
+        shots = data_args.num_shots
+        if shots is not None and key in ("train", "val"):
+            shots = shots if key == "train" else validation_shots(shots)
+            dataset = dataset.subset(sample_per_class(dataset.labels, shots, seed))
+            logger.info_rank0(f"{key} dataset: {shots} shots per class, {len(dataset)} images.")
+        return dataset
+
+    return ClipDatasets(build("train"), build("eval"), build("val"), classnames, templates, spec)

@@ -1,0 +1,224 @@
+"""Read each supported dataset format into plain lists of image references, labels and captions.
+
+An image reference is a file path, or a dict with ``bytes`` (Hugging Face ``Image(decode=False)``). Each sample
+keeps its origin (file and row) so that a bad row is named in the error.
+"""
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from llamafactory.extras import logging
+
+from .dataset_info import DatasetAttr
+
+
+logger = logging.get_logger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class ClassificationSamples:
+    images: list[Any]
+    labels: list[int]
+    classnames: list[str]
+    origins: list[str]
+
+
+@dataclass
+class CaptionSamples:
+    images: list[Any]
+    captions: list[list[str]]
+    origins: list[str]
+
+
+def _check_file(path: str, origin: str, attr: DatasetAttr) -> str:
+    if not os.path.isfile(path):
+        raise ValueError(f"{attr.where}, {origin}: image file `{path}` does not exist.")
+    return path
+
+
+def _classname(folder: str) -> str:
+    return folder.replace("_", " ")
+
+
+def read_imagefolder(attr: DatasetAttr) -> ClassificationSamples:
+    folders = sorted(entry.name for entry in os.scandir(attr.path) if entry.is_dir())
+    if not folders:
+        raise ValueError(f"{attr.where}: `{attr.path}` has no class folders (expected one folder per class).")
+    classnames = attr.classnames or [_classname(folder) for folder in folders]
+    if len(classnames) != len(folders):
+        raise ValueError(f"{attr.where}: {len(classnames)} classnames for {len(folders)} class folders in {attr.path}.")
+    images, labels, skipped = [], [], 0
+    for label, folder in enumerate(folders):
+        names = sorted(os.listdir(os.path.join(attr.path, folder)))
+        files = [name for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
+        skipped += len(names) - len(files)
+        if not files:
+            raise ValueError(f"{attr.where}: class folder `{os.path.join(attr.path, folder)}` holds no images.")
+        images += [os.path.join(attr.path, folder, name) for name in files]
+        labels += [label] * len(files)
+    if skipped:
+        logger.warning_rank0(f"{attr.where}: skipped {skipped} files without an image extension {IMAGE_EXTENSIONS}.")
+    return ClassificationSamples(images, labels, classnames, list(images))
+
+
+def _read_rows(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        if path.endswith((".csv", ".tsv")):
+            return list(csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ","))
+        if path.endswith(".jsonl"):
+            return [json.loads(line) for line in f if line.strip()]
+        rows = json.load(f)
+    if not isinstance(rows, list):
+        raise ValueError(f"`{path}` must hold a JSON list of rows.")
+    return rows
+
+
+def _column(row: dict[str, Any], column: str, origin: str, attr: DatasetAttr) -> Any:
+    if column not in row or row[column] in (None, ""):
+        raise ValueError(f"{attr.where}, {origin}: column `{column}` is missing (row has {sorted(row)}).")
+    return row[column]
+
+
+def _label_index(value: Any, classnames: list[str], origin: str, attr: DatasetAttr) -> int:
+    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+        if value not in classnames:
+            raise ValueError(f"{attr.where}, {origin}: label `{value}` is not one of the classes {classnames}.")
+        return classnames.index(value)
+    index = int(value)
+    if not 0 <= index < len(classnames):
+        raise ValueError(f"{attr.where}, {origin}: label {index} is outside the {len(classnames)} classes.")
+    return index
+
+
+def _string_classnames(values: list[Any], attr: DatasetAttr) -> list[str]:
+    if all(isinstance(v, str) and not v.strip().lstrip("-").isdigit() for v in values):
+        return sorted(set(values))
+    raise ValueError(f"{attr.where}: numeric labels need `classnames` (a list or a text file) in dataset_info.json.")
+
+
+def read_table(attr: DatasetAttr) -> Any:
+    rows = _read_rows(attr.path)
+    base = attr.image_dir or os.path.dirname(attr.path)
+    origins = [f"{attr.path} row {i + 1}" for i in range(len(rows))]
+    paths = [
+        _check_file(os.path.join(base, str(_column(row, attr.columns["image"], o, attr))), o, attr)
+        for row, o in zip(rows, origins)
+    ]
+    if attr.task == "classification":
+        raw = [_column(row, attr.columns["label"], o, attr) for row, o in zip(rows, origins)]
+        classnames = attr.classnames or _string_classnames(raw, attr)
+        labels = [_label_index(value, classnames, o, attr) for value, o in zip(raw, origins)]
+        return ClassificationSamples(paths, labels, classnames, origins)
+    return _group_captions(paths, [_captions(row, o, attr) for row, o in zip(rows, origins)], origins)
+
+
+def _captions(row: dict[str, Any], origin: str, attr: DatasetAttr) -> list[str]:
+    value = _column(row, attr.columns["captions"], origin, attr)
+    captions = [value] if isinstance(value, str) else list(value)
+    if not captions or any(not isinstance(c, str) or not c.strip() for c in captions):
+        raise ValueError(f"{attr.where}, {origin}: captions must be non-empty strings, got {value!r}.")
+    return captions
+
+
+def _group_captions(images: list[Any], captions: list[list[str]], origins: list[str]) -> CaptionSamples:
+    """Rows that repeat an image (one caption per row, as in CSVs) become one image with several captions."""
+    index: dict[str, int] = {}
+    out = CaptionSamples([], [], [])
+    for image, caps, origin in zip(images, captions, origins):
+        key = image if isinstance(image, str) else None
+        if key is not None and key in index:
+            out.captions[index[key]] += caps
+            continue
+        if key is not None:
+            index[key] = len(out.images)
+        out.images.append(image)
+        out.captions.append(list(caps))
+        out.origins.append(origin)
+    return out
+
+
+def read_coop(attr: DatasetAttr) -> ClassificationSamples:
+    """CoOp's ``split_zhou_<Name>.json``: {"train"|"val"|"test": [[impath, label, classname], ...]}."""
+    with open(attr.path, encoding="utf-8") as f:
+        splits = json.load(f)
+    if attr.split not in splits:
+        raise ValueError(f"{attr.where}: split `{attr.split}` not in {attr.path} (it has {sorted(splits)}).")
+    names: dict[int, str] = {}
+    for rows in splits.values():  # the class list spans every split, so train and test agree
+        for _, label, classname in rows:
+            names[int(label)] = classname
+    if sorted(names) != list(range(len(names))):
+        raise ValueError(f"{attr.where}: labels in {attr.path} are not 0..N-1.")
+    classnames = attr.classnames or [names[i] for i in range(len(names))]
+    base = attr.image_dir or os.path.join(os.path.dirname(attr.path), "images")
+    rows = splits[attr.split]
+    origins = [f"{attr.path} {attr.split}[{i}]" for i in range(len(rows))]
+    images = [_check_file(os.path.join(base, row[0]), o, attr) for row, o in zip(rows, origins)]
+    return ClassificationSamples(images, [int(row[1]) for row in rows], classnames, origins)
+
+
+def read_karpathy(attr: DatasetAttr) -> CaptionSamples:
+    """Karpathy split files (``dataset_coco.json``, ``dataset_flickr30k.json``); train also takes restval."""
+    with open(attr.path, encoding="utf-8") as f:
+        entries = json.load(f)["images"]
+    wanted = {attr.split, "restval"} if attr.split == "train" else {attr.split}
+    base = attr.image_dir or os.path.dirname(attr.path)
+    chosen = [e for e in entries if e.get("split") in wanted]
+    origins = [f"{attr.path} image `{e.get('filename')}`" for e in chosen]
+    images = [
+        _check_file(os.path.join(base, e.get("filepath", ""), e["filename"]), o, attr) for e, o in zip(chosen, origins)
+    ]
+    captions = [[s["raw"] for s in e["sentences"]] for e in chosen]
+    return CaptionSamples(images, captions, origins)
+
+
+def read_hf(attr: DatasetAttr) -> Any:
+    import datasets
+
+    if attr.path is not None:
+        data = datasets.load_from_disk(attr.path)
+    else:
+        data = datasets.load_dataset(attr.hf_hub_url, split=attr.split)
+    if isinstance(data, datasets.DatasetDict):
+        if attr.split not in data:
+            raise ValueError(f"{attr.where}: split `{attr.split}` not found (it has {list(data)}).")
+        data = data[attr.split]
+    image_col = attr.columns["image"]
+    if image_col not in data.column_names:
+        raise ValueError(f"{attr.where}: no image column `{image_col}` (columns: {data.column_names}).")
+    data = data.cast_column(image_col, datasets.Image(decode=False))
+    images = data[image_col]
+    origins = [f"{attr.where} row {i}" for i in range(len(data))]
+    if attr.task == "image_to_text":
+        captions = [_captions(row, o, attr) for row, o in zip(data.select_columns([attr.columns["captions"]]), origins)]
+        return CaptionSamples(images, captions, origins)
+    label_col = attr.columns["label"]
+    if label_col not in data.column_names:
+        raise ValueError(f"{attr.where}: no label column `{label_col}` (columns: {data.column_names}).")
+    feature = data.features[label_col]
+    raw = data[label_col]
+    classnames: Optional[list[str]] = attr.classnames or getattr(feature, "names", None) or _string_classnames(raw, attr)
+    labels = [_label_index(value, classnames, o, attr) for value, o in zip(raw, origins)]
+    return ClassificationSamples(images, labels, classnames, origins)
+
+
+READERS = {
+    "imagefolder": read_imagefolder,
+    "table": read_table,
+    "coop": read_coop,
+    "karpathy": read_karpathy,
+    "hf": read_hf,
+}
+
+
+def read_samples(attr: DatasetAttr) -> Any:
+    if attr.task == "image_to_text" and attr.formatting in ("imagefolder", "coop"):
+        raise ValueError(f"{attr.where}: `{attr.formatting}` holds class labels, not captions.")
+    if attr.task == "classification" and attr.formatting == "karpathy":
+        raise ValueError(f"{attr.where}: karpathy files hold captions; use it with clip_task image_to_text.")
+    return READERS[attr.formatting](attr)

@@ -1,0 +1,39 @@
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+# OpenAI CLIP backbone names (as in Dassl/CoOp configs and the `clip` package) -> Hugging Face checkpoints.
+BACKBONES = {
+    "ViT-B/16": "openai/clip-vit-base-patch16",
+    "ViT-B/32": "openai/clip-vit-base-patch32",
+    "ViT-L/14": "openai/clip-vit-large-patch14",
+    "ViT-L/14@336px": "openai/clip-vit-large-patch14-336",
+}
+UNSUPPORTED_BACKBONES = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64")
+
+
+def resolve_backbone(name: str) -> str:
+    if name in UNSUPPORTED_BACKBONES:
+        raise ValueError(
+            f"model_name_or_path: {name} is a ResNet CLIP, which transformers has no CLIP implementation for. "
+            f"Use one of {', '.join(BACKBONES)}, a Hugging Face CLIP checkpoint or a local CLIP directory."
+        )
+    return BACKBONES.get(name, name)
+
+
+@dataclass
+class ClipModelArguments:
+    r"""Which CLIP checkpoint to finetune, and how to load it."""
+
+    model_name_or_path: str = field(
+        default="openai/clip-vit-base-patch16",
+        metadata={"help": "A Hugging Face CLIP checkpoint, a local directory, or ViT-B/16, ViT-B/32, ViT-L/14(@336px)."},
+    )
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where to cache hub downloads."})
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = field(
+        default="sdpa", metadata={"help": "Attention kernel of the CLIP towers."}
+    )
+
+    def __post_init__(self):
+        self.model_name_or_path = resolve_backbone(self.model_name_or_path)

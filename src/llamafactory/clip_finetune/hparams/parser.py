@@ -1,0 +1,105 @@
+"""Parse the clip stage's arguments together with LLaMA-Factory's ``TrainingArguments``.
+
+Accepts what LLaMA-Factory's ``read_args`` produces: a dict (yaml with ``key=value`` overrides, or
+``run_exp({...})``) or an argv list. Unknown keys are errors that name the closest valid key.
+"""
+
+import dataclasses
+import difflib
+import os
+from typing import Any, Union
+
+import transformers
+from transformers import HfArgumentParser
+from transformers.trainer_utils import get_last_checkpoint
+
+from llamafactory.extras import logging
+from llamafactory.hparams import TrainingArguments
+
+from .data_args import ClipDataArguments
+from .finetuning_args import ClipFinetuningArguments
+from .model_args import ClipModelArguments
+
+
+logger = logging.get_logger(__name__)
+
+CLIP_ARGS = (ClipModelArguments, ClipDataArguments, TrainingArguments, ClipFinetuningArguments)
+ClipArgs = tuple[ClipModelArguments, ClipDataArguments, TrainingArguments, ClipFinetuningArguments]
+
+
+def valid_keys() -> list[str]:
+    return sorted({f.name for cls in CLIP_ARGS for f in dataclasses.fields(cls) if f.init})
+
+
+def unknown_key_error(keys: list[str]) -> ValueError:
+    known = valid_keys()
+    hints = []
+    for key in keys:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hints.append(f"`{key}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+    return ValueError(f"Unknown argument(s) for stage clip: {', '.join(hints)}. Nothing is ignored: fix or remove it.")
+
+
+def _parse(args: Union[dict[str, Any], list[str]]) -> ClipArgs:
+    parser = HfArgumentParser(CLIP_ARGS, allow_abbrev=False)
+    if isinstance(args, dict):
+        unknown = [key for key in args if key not in set(valid_keys())]
+        if unknown:
+            raise unknown_key_error(unknown)
+        return parser.parse_dict(args)
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=list(args), return_remaining_strings=True)
+    if remaining:
+        flags = [item.split("=")[0].lstrip("-") for item in remaining if item.startswith("--")]
+        raise unknown_key_error(flags or remaining)
+    return tuple(parsed)
+
+
+def _check(model_args, data_args, training_args, finetuning_args) -> None:
+    if not (training_args.do_train or training_args.do_eval):
+        raise ValueError("Nothing to do: set do_train: true and/or do_eval: true.")
+    if training_args.do_predict:
+        raise ValueError("do_predict is not supported by stage clip; use do_eval with eval_dataset.")
+    if training_args.do_train and not data_args.dataset:
+        raise ValueError("do_train needs `dataset` (a name from dataset_info.json in dataset_dir).")
+    if training_args.do_eval and not data_args.eval_dataset:
+        raise ValueError("do_eval needs `eval_dataset` (a name from dataset_info.json in dataset_dir).")
+    if not os.path.isfile(os.path.join(data_args.dataset_dir, "dataset_info.json")):
+        raise ValueError(
+            f"dataset_dir: `{data_args.dataset_dir}` has no dataset_info.json (relative paths start at {os.getcwd()})."
+        )
+
+
+def _detect_checkpoint(training_args) -> None:
+    """Resume from the last checkpoint in output_dir, or refuse to write into another run's folder."""
+    output_dir = training_args.output_dir
+    if not training_args.do_train or training_args.resume_from_checkpoint is not None or not os.path.isdir(output_dir):
+        return
+    if training_args.overwrite_output_dir:
+        return
+    last_checkpoint = get_last_checkpoint(output_dir)
+    if last_checkpoint is not None:
+        training_args.resume_from_checkpoint = last_checkpoint
+        logger.info_rank0(f"Resuming training from {last_checkpoint} (set overwrite_output_dir: true to start over).")
+    elif any(name != "running_log.txt" and not name.endswith(".yaml") for name in os.listdir(output_dir)):
+        raise ValueError(
+            f"output_dir: `{output_dir}` already holds files of another run and no checkpoint to resume. "
+            "Choose a new output_dir or set overwrite_output_dir: true."
+        )
+
+
+def get_clip_train_args(args: Union[dict[str, Any], list[str]]) -> ClipArgs:
+    model_args, data_args, training_args, finetuning_args = _parse(args)
+    _check(model_args, data_args, training_args, finetuning_args)
+    _detect_checkpoint(training_args)
+
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+        transformers.utils.logging.enable_default_handler()
+        transformers.utils.logging.enable_explicit_format()
+    transformers.set_seed(training_args.seed)
+    logger.info(
+        f"Process rank: {training_args.process_index}, world size: {training_args.world_size}, "
+        f"device: {training_args.device}, distributed training: {training_args.parallel_mode.value == 'distributed'}, "
+        f"task: {finetuning_args.clip_task}, method: {finetuning_args.finetuning_type}"
+    )
+    return model_args, data_args, training_args, finetuning_args

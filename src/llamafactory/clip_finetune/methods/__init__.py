@@ -1,0 +1,15 @@
+"""One registry from ``finetuning_type`` to a method: what trains, on top of any task."""
+
+from .full import FullMethod
+
+
+METHODS = {"full": FullMethod}
+
+
+def get_method(finetuning_type: str):
+    if finetuning_type not in METHODS:
+        raise ValueError(f"finetuning_type: `{finetuning_type}` is not one of {sorted(METHODS)}.")
+    return METHODS[finetuning_type]()
+
+
+__all__ = ["METHODS", "get_method"]

@@ -1,0 +1,60 @@
+"""The module the Trainer trains: a CLIP model, on-device normalization, and a task that defines the loss."""
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.transforms import ImageSpec
+
+
+class ClipTaskModel(nn.Module):
+    """Wraps ``CLIPModel`` (or a PEFT model around it) for one task.
+
+    Images arrive as uint8 and are scaled/normalized here, on the device. The logit scale is the checkpoint's,
+    the same one in training and evaluation.
+    """
+
+    def __init__(self, clip: nn.Module, task: nn.Module, spec: ImageSpec):
+        super().__init__()
+        self.clip = clip
+        self.task = task
+        self.normalize = spec.normalize
+        self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def config(self):
+        return self.clip.config
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict[str, Any]] = None) -> None:
+        self.clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = pixel_values.to(self.pixel_mean.dtype) / 255.0
+        return (x - self.pixel_mean) / self.pixel_std if self.normalize else x
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """L2-normalized projected image features from uint8 images."""
+        clip = self.clip
+        pooled = clip.vision_model(pixel_values=self.pixels(pixel_values)).pooler_output
+        return F.normalize(clip.visual_projection(pooled), dim=-1)
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        clip = self.clip
+        pooled = clip.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        return F.normalize(clip.text_projection(pooled), dim=-1)
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp().clamp(max=100)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+    ) -> dict[str, torch.Tensor]:
+        return self.task(self, pixel_values=pixel_values, labels=labels, input_ids=input_ids,
+                         attention_mask=attention_mask)

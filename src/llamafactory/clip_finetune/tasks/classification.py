@@ -1,0 +1,75 @@
+"""Image classification: cosine logits against class-prompt text features, cross-entropy, top-1/top-5."""
+
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ClassificationTask(nn.Module):
+    """Class text features are the prompt ensemble: normalize each template's feature, average, normalize.
+
+    With a frozen text tower they are computed once (``setup``); otherwise every step, with gradients.
+    """
+
+    name = "classification"
+
+    def __init__(self, classnames: list[str], templates: list[str], tokenizer: Any, text_trainable: bool):
+        super().__init__()
+        self.classnames = classnames
+        self.templates = templates
+        self.text_trainable = text_trainable
+        prompts = [template.format(name) for name in classnames for template in templates]
+        tokens = tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
+        self.register_buffer("prompt_ids", tokens["input_ids"], persistent=False)
+        self.register_buffer("prompt_mask", tokens["attention_mask"], persistent=False)
+        self.register_buffer("class_features", torch.empty(0), persistent=False)
+
+    def encode_classes(self, model: nn.Module, chunk: int = 1024) -> torch.Tensor:
+        feats = torch.cat([
+            model.text_features(self.prompt_ids[i : i + chunk], self.prompt_mask[i : i + chunk])
+            for i in range(0, len(self.prompt_ids), chunk)
+        ])
+        feats = feats.view(len(self.classnames), len(self.templates), -1).mean(dim=1)
+        return F.normalize(feats, dim=-1)
+
+    @torch.no_grad()
+    def setup(self, model: nn.Module) -> None:
+        if not self.text_trainable:
+            was_training = model.training
+            model.eval()
+            self.class_features = self.encode_classes(model).float()
+            model.train(was_training)
+
+    def class_weights(self, model: nn.Module) -> torch.Tensor:
+        return self.encode_classes(model) if self.text_trainable else self.class_features
+
+    def forward(self, model: nn.Module, pixel_values: torch.Tensor, labels=None, **_: Any) -> dict[str, torch.Tensor]:
+        image = model.image_features(pixel_values)
+        weights = self.class_weights(model)
+        logits = model.logit_scale() * image @ weights.to(image.dtype).t()
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = F.cross_entropy(logits.float(), labels)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], gather: Callable, dataset) -> dict:
+        if self.text_trainable:
+            self.class_features = self.encode_classes(model).float()
+        weights = self.class_features
+        k = min(5, len(self.classnames))
+        top1, topk = [], []
+        for batch in batches:
+            image = model.image_features(batch["pixel_values"])
+            logits = image.float() @ weights.t()
+            ranked = logits.topk(k, dim=-1).indices
+            labels = batch["labels"]
+            hits1, hitsk = gather(((ranked[:, 0] == labels), (ranked == labels[:, None]).any(dim=-1)))
+            top1.append(hits1)
+            topk.append(hitsk)
+        return {
+            "accuracy": torch.cat(top1).float().mean().item(),
+            "top5_accuracy": torch.cat(topk).float().mean().item(),
+        }

@@ -1,0 +1,62 @@
+"""Image-to-text retrieval: symmetric InfoNCE on image-caption batches, Recall@1/5/10 both ways."""
+
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+RECALL_AT = (1, 5, 10)
+
+
+def recall_at_k(sims: torch.Tensor, caption_image: torch.Tensor, chunk: int = 1024) -> dict[str, float]:
+    """Standard retrieval recall from an [images, captions] similarity matrix.
+
+    Image->text: a query image is a hit at K if any of its captions ranks in the top K.
+    Text->image: a caption is a hit at K if its image ranks in the top K. Scores are used as they are.
+    """
+    n_images, n_captions = sims.shape
+    owner = caption_image.to(sims.device)
+    i2t_rank, t2i_rank = [], []
+    for start in range(0, n_images, chunk):
+        block = sims[start : start + chunk]
+        mine = owner[None, :] == torch.arange(start, start + len(block), device=sims.device)[:, None]
+        best = block.masked_fill(~mine, float("-inf")).max(dim=1, keepdim=True).values
+        i2t_rank.append((block > best).sum(dim=1))
+    for start in range(0, n_captions, chunk):
+        block = sims[:, start : start + chunk].t()
+        correct = block.gather(1, owner[start : start + chunk, None])
+        t2i_rank.append((block > correct).sum(dim=1))
+    i2t, t2i = torch.cat(i2t_rank), torch.cat(t2i_rank)
+    metrics = {f"i2t_r{k}": (i2t < k).float().mean().item() for k in RECALL_AT}
+    metrics.update({f"t2i_r{k}": (t2i < k).float().mean().item() for k in RECALL_AT})
+    return metrics
+
+
+class ImageToTextTask(nn.Module):
+    name = "image_to_text"
+
+    def forward(self, model: nn.Module, pixel_values: torch.Tensor, input_ids=None, attention_mask=None, **_: Any):
+        image = model.image_features(pixel_values)
+        if input_ids is None:
+            return {"logits": image}
+        text = model.text_features(input_ids, attention_mask)
+        logits = (model.logit_scale() * image @ text.t()).float()
+        targets = torch.arange(len(logits), device=logits.device)
+        loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+        return {"loss": loss, "logits": logits}
+
+    def setup(self, model: nn.Module) -> None:
+        return None
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], gather: Callable, dataset) -> dict:
+        images = torch.cat([gather(model.image_features(batch["pixel_values"]).float()) for batch in batches])
+        device = images.device
+        chunk = 1024
+        texts = torch.cat([
+            model.text_features(dataset.input_ids[i : i + chunk].to(device), dataset.attention_mask[i : i + chunk].to(device))
+            for i in range(0, len(dataset.input_ids), chunk)
+        ]).float()
+        return recall_at_k(images @ texts.t(), dataset.caption_image)

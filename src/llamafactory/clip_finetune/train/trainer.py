@@ -1,0 +1,72 @@
+"""HF ``Trainer`` for CLIP tasks: task-defined evaluation, and checkpoints that are plain CLIP checkpoints."""
+
+import json
+import os
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import load_file
+from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
+
+from llamafactory.extras import logging
+
+
+logger = logging.get_logger(__name__)
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+
+
+class ClipTrainer(Trainer):
+    """``self.model`` is a ``ClipTaskModel``; what gets saved is its ``clip`` (loadable by ``CLIPModel``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.model.task.setup(self.model)
+
+    def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        clip = self.accelerator.unwrap_model(self.model).clip
+        if state_dict is not None:  # DeepSpeed/FSDP gathered the wrapper's state dict
+            state_dict = {k[len("clip.") :]: v for k, v in state_dict.items() if k.startswith("clip.")}
+        clip.save_pretrained(output_dir, state_dict=state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[torch.nn.Module] = None) -> None:
+        clip = self.accelerator.unwrap_model(model or self.model).clip
+        index = os.path.join(resume_from_checkpoint, SAFE_INDEX)
+        if os.path.isfile(index):
+            with open(index, encoding="utf-8") as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        elif os.path.isfile(os.path.join(resume_from_checkpoint, SAFE_WEIGHTS)):
+            files = [SAFE_WEIGHTS]
+        else:
+            raise ValueError(f"resume_from_checkpoint: `{resume_from_checkpoint}` holds no {SAFE_WEIGHTS}.")
+        state_dict = {}
+        for name in files:
+            state_dict.update(load_file(os.path.join(resume_from_checkpoint, name)))
+        clip.load_state_dict(state_dict, strict=True)
+        logger.info_rank0(f"Loaded model weights from {resume_from_checkpoint}.")
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    def evaluate(
+        self, eval_dataset: Optional[Any] = None, ignore_keys: Optional[list[str]] = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        model = self.model
+        was_training = model.training
+        model.eval()
+        batches = (self._prepare_inputs(batch) for batch in self.get_eval_dataloader(dataset))
+        with torch.no_grad(), self.autocast_smart_context_manager():
+            metrics = model.task.evaluate(model, batches, self.accelerator.gather_for_metrics, dataset)
+        model.train(was_training)
+        metrics = {f"{metric_key_prefix}_{key}": value for key, value in metrics.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics

@@ -1,0 +1,70 @@
+"""Wire the clip stage: arguments -> model -> data -> method -> Trainer -> train / evaluate / save."""
+
+from typing import Any, Optional
+
+from llamafactory.extras import logging
+from llamafactory.extras.ploting import plot_loss
+from llamafactory.train.callbacks import LogCallback
+
+from ..data import load_clip_datasets
+from ..hparams import get_clip_train_args
+from ..methods import get_method
+from ..methods.base import log_trainable
+from ..model import ClipTaskModel, load_clip
+from ..tasks import ClassificationTask, ImageToTextTask
+from .trainer import ClipTrainer
+
+
+logger = logging.get_logger(__name__)
+
+
+def build_task(finetuning_args: Any, datasets: Any, tokenizer: Any, clip: Any):
+    if finetuning_args.clip_task == "classification":
+        text_trainable = any(p.requires_grad for p in clip.text_model.parameters())
+        return ClassificationTask(datasets.classnames, datasets.templates, tokenizer, text_trainable)
+    return ImageToTextTask()
+
+
+def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: Optional[list[Any]] = None) -> None:
+    clip, processor = load_clip(model_args)
+    datasets = load_clip_datasets(
+        data_args, finetuning_args.clip_task, training_args.seed, processor.image_processor, processor.tokenizer
+    )
+    method = get_method(finetuning_args.finetuning_type)
+    clip = method.prepare(clip, finetuning_args, training_args)
+    model = ClipTaskModel(clip, build_task(finetuning_args, datasets, processor.tokenizer, clip), datasets.spec)
+    log_trainable(model)
+
+    trainer = ClipTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets.train,
+        eval_dataset=datasets.eval,
+        processing_class=processor,
+        callbacks=(callbacks or []) + method.callbacks(finetuning_args, training_args),
+    )
+
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        if trainer.is_world_process_zero() and finetuning_args.plot_loss:
+            plot_loss(training_args.output_dir, keys=["loss", "eval_loss", "eval_accuracy", "eval_i2t_r1"])
+
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+
+
+def run_clip_training_function(config: dict[str, Any]) -> None:
+    """Stands in for LLaMA-Factory's ``_training_function`` when ``stage: clip``."""
+    import torch.distributed as dist
+
+    model_args, data_args, training_args, finetuning_args = get_clip_train_args(config.get("args"))
+    callbacks = list(config.get("callbacks") or []) + [LogCallback()]
+    run_clip(model_args, data_args, training_args, finetuning_args, callbacks)
+    if dist.is_initialized() and not training_args.use_ray:  # Ray tears its process group down itself
+        dist.destroy_process_group()
