@@ -8,7 +8,7 @@ that imports it at interpreter start, in regular and in editable installs (see `
 import os
 import re
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
@@ -51,7 +51,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     package_dir={"": "src"},
-    packages=find_packages("src", include=["llamafactory.clip_finetune", "llamafactory.clip_finetune.*"]),
+    packages=find_namespace_packages("src", include=["llamafactory.clip_finetune", "llamafactory.clip_finetune.*"]),
     py_modules=["llamafactory_clip_hook"],
     package_data={"llamafactory.clip_finetune": ["configs/**/*.yaml"]},
     install_requires=["llamafactory" + read_constant("llamafactory_clip_hook.py", "TESTED_RANGE")],

@@ -1,0 +1,79 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "data"
+TINY_CLIP = DATA_DIR / "models" / "tiny-clip"
+CLI = str(Path(sys.executable).with_name("llamafactory-cli"))
+
+
+def base_args(output_dir, **overrides):
+    """A small classification run on the bundled data and tiny checkpoint."""
+    args = {
+        "stage": "clip",
+        "model_name_or_path": str(TINY_CLIP),
+        "clip_task": "classification",
+        "finetuning_type": "full",
+        "dataset": "fashion_mnist_train",
+        "eval_dataset": "fashion_mnist_test",
+        "dataset_dir": str(DATA_DIR),
+        "num_shots": 2,
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 64,
+        "learning_rate": 1e-3,
+        "num_train_epochs": 1,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "do_train": True,
+        "do_eval": True,
+        "seed": 0,
+    }
+    args.update(overrides)
+    return args
+
+
+def i2t_args(output_dir, **overrides):
+    args = base_args(
+        output_dir,
+        clip_task="image_to_text",
+        dataset="emoji_captions_train",
+        eval_dataset="emoji_captions_test",
+        num_shots=None,
+        max_samples=48,
+    )
+    args.pop("num_shots")
+    args.update(overrides)
+    return args
+
+
+def run_cli(args, env=None, timeout=600, cwd=ROOT):
+    full_env = {**os.environ, "DISABLE_VERSION_CHECK": "1", **(env or {})}
+    return subprocess.run([CLI, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.fixture
+def data_copy(tmp_path):
+    """A writable copy of a few bundled images, for tests that build their own dataset files."""
+    root = tmp_path / "data"
+    for split in ("train",):
+        for cls in ("bag", "coat", "dress"):
+            src = DATA_DIR / "fashion_mnist" / split / cls
+            dst = root / "fm" / cls
+            dst.mkdir(parents=True)
+            for name in sorted(os.listdir(src))[:6]:
+                shutil.copy(src / name, dst / name)
+    return root
