@@ -33,7 +33,8 @@ class DatasetAttr:
 def _infer_formatting(path: str) -> str:
     base = os.path.basename(path)
     if os.path.isdir(path):
-        return "hf" if os.path.isfile(os.path.join(path, "state.json")) else "imagefolder"
+        saved = any(os.path.isfile(os.path.join(path, name)) for name in ("state.json", "dataset_dict.json"))
+        return "hf" if saved else "imagefolder"  # datasets.save_to_disk writes one of those files
     if base.startswith("split_zhou_") and base.endswith(".json"):
         return "coop"
     if base.endswith((".csv", ".tsv", ".jsonl", ".json")):

@@ -7,7 +7,7 @@ Accepts what LLaMA-Factory's ``read_args`` produces: a dict (yaml with ``key=val
 import dataclasses
 import difflib
 import os
-from typing import Any, Union
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import transformers
 from transformers import HfArgumentParser
@@ -40,13 +40,24 @@ def unknown_key_error(keys: list[str]) -> ValueError:
     return ValueError(f"Unknown argument(s) for stage clip: {', '.join(hints)}. Nothing is ignored: fix or remove it.")
 
 
+def check_choices(parsed: Any) -> None:
+    """``parse_dict`` does not enforce ``Literal`` choices (argparse does); do it for every key alike."""
+    for name, hint in get_type_hints(type(parsed)).items():
+        if get_origin(hint) is Literal and getattr(parsed, name) not in get_args(hint):
+            raise ValueError(f"{name}: `{getattr(parsed, name)}` is not one of {list(get_args(hint))}.")
+
+
 def _parse(args: Union[dict[str, Any], list[str]]) -> ClipArgs:
     parser = HfArgumentParser(CLIP_ARGS, allow_abbrev=False)
     if isinstance(args, dict):
         unknown = [key for key in args if key not in set(valid_keys())]
         if unknown:
             raise unknown_key_error(unknown)
-        return parser.parse_dict(args)
+        parsed = parser.parse_dict(args)
+        for obj in parsed:
+            if not isinstance(obj, TrainingArguments):
+                check_choices(obj)
+        return parsed
     *parsed, remaining = parser.parse_args_into_dataclasses(args=list(args), return_remaining_strings=True)
     if remaining:
         flags = [item.split("=")[0].lstrip("-") for item in remaining if item.startswith("--")]
@@ -63,6 +74,8 @@ def _check(model_args, data_args, training_args, finetuning_args) -> None:
         raise ValueError("do_train needs `dataset` (a name from dataset_info.json in dataset_dir).")
     if training_args.do_eval and not data_args.eval_dataset:
         raise ValueError("do_eval needs `eval_dataset` (a name from dataset_info.json in dataset_dir).")
+    if data_args.num_shots is not None and finetuning_args.clip_task != "classification":
+        raise ValueError("num_shots applies to classification (K images per class); remove it for image_to_text.")
     if not os.path.isfile(os.path.join(data_args.dataset_dir, "dataset_info.json")):
         raise ValueError(
             f"dataset_dir: `{data_args.dataset_dir}` has no dataset_info.json (relative paths start at {os.getcwd()})."

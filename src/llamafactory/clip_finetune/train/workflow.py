@@ -51,7 +51,9 @@ def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: O
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
         if trainer.is_world_process_zero() and finetuning_args.plot_loss:
-            plot_loss(training_args.output_dir, keys=["loss", "eval_loss", "eval_accuracy", "eval_i2t_r1"])
+            metric = "eval_accuracy" if finetuning_args.clip_task == "classification" else "eval_i2t_r1"
+            keys = ["loss"] + ([metric] if training_args.eval_strategy != "no" else [])
+            plot_loss(training_args.output_dir, keys=keys)
 
     if training_args.do_eval:
         metrics = trainer.evaluate()

@@ -1,0 +1,181 @@
+"""Training-step speed of the clip stage against a plain PyTorch loop, same model, batch and precision.
+
+    python evaluation/benchmark.py --tiny                  # bundled tiny CLIP on CPU
+    python evaluation/benchmark.py --bf16 [--compile]      # ViT-B/16 architecture (random weights) on a GPU
+
+Both sides read the same in-memory uint8 images (so image decoding is out of the comparison) and normalize on the
+device. The stage side is the real ClipTaskModel + ClipTrainer (HF Trainer); the plain side is a hand-written loop
+over CLIPModel with AdamW. Prints images/s for both, their ratio, and peak GPU memory, as one JSON line.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("DISABLE_VERSION_CHECK", "1")  # GPU images may carry a newer transformers than LLaMA-Factory pins
+
+import torch  # noqa: E402
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from transformers import CLIPConfig, CLIPModel, CLIPProcessor, TrainerCallback
+
+from llamafactory.clip_finetune.data.transforms import ImageSpec
+from llamafactory.clip_finetune.hparams import ClipDataArguments, ClipFinetuningArguments
+from llamafactory.clip_finetune.methods import get_method
+from llamafactory.clip_finetune.model import ClipTaskModel
+from llamafactory.clip_finetune.tasks import ClassificationTask
+from llamafactory.clip_finetune.train.trainer import ClipTrainer
+from llamafactory.hparams import TrainingArguments
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "data" / "models" / "tiny-clip"
+# openai/clip-vit-base-patch16's architecture.
+VIT_B16 = {
+    "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                      "num_attention_heads": 12, "image_size": 224, "patch_size": 16},
+    "text_config": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 8,
+                    "vocab_size": 49408, "max_position_embeddings": 77, "eos_token_id": 49407},
+    "projection_dim": 512,
+}
+CLASSES = [f"class {i}" for i in range(100)]
+
+
+class UInt8Images(Dataset):
+    def __init__(self, n: int, size: int, classes: int):
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
+        self.labels = torch.randint(0, classes, (n,), generator=generator)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.images[i], "labels": self.labels[i]}
+
+
+def build_model(tiny: bool, attn: str) -> CLIPModel:
+    torch.manual_seed(0)
+    if tiny:
+        return CLIPModel.from_pretrained(TINY, dtype=torch.float32, attn_implementation=attn)
+    config = CLIPConfig(text_config=VIT_B16["text_config"], vision_config=VIT_B16["vision_config"],
+                        projection_dim=VIT_B16["projection_dim"])
+    config._attn_implementation = attn
+    return CLIPModel(config)
+
+
+def build_task_model(clip: CLIPModel, processor: CLIPProcessor, size: int) -> ClipTaskModel:
+    spec = ImageSpec.from_processor(processor.image_processor, ClipDataArguments(image_size=size))
+    finetuning = ClipFinetuningArguments()
+    clip = get_method("full").prepare(clip, finetuning, argparse.Namespace(do_train=True))
+    return ClipTaskModel(clip, ClassificationTask(CLASSES, ["a photo of a {}."], processor.tokenizer, False), spec)
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def _sync(self):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.warmup:
+            self._sync()
+            self.start = time.perf_counter()
+        elif state.global_step == state.max_steps:
+            self._sync()
+            self.end = time.perf_counter()
+
+
+def run_stage(model, data, opts, device) -> float:
+    args = TrainingArguments(
+        output_dir=opts.output_dir, per_device_train_batch_size=opts.batch_size, max_steps=opts.steps + opts.warmup,
+        learning_rate=1e-5, bf16=opts.bf16, torch_compile=opts.compile, dataloader_num_workers=opts.workers,
+        dataloader_pin_memory=device.type == "cuda", logging_strategy="no", save_strategy="no", report_to="none",
+        use_cpu=device.type == "cpu", optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
+        lr_scheduler_type="constant", dataloader_persistent_workers=opts.workers > 0, disable_tqdm=True,
+    )
+    timer = StepTimer(opts.warmup)
+    trainer = ClipTrainer(model=model, args=args, train_dataset=data, callbacks=[timer])
+    trainer.train()
+    return opts.steps * opts.batch_size / (timer.end - timer.start)
+
+
+def run_plain(model: ClipTaskModel, data, opts, device) -> float:
+    """The reference: a plain loop over the same CLIPModel, normalizing uint8 images on the device."""
+    clip = model.clip.to(device).train()
+    text = model.task.class_features.to(device)
+    mean, std = model.pixel_mean.to(device), model.pixel_std.to(device)
+    params = [p for p in clip.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+    loader = DataLoader(data, batch_size=opts.batch_size, shuffle=True, num_workers=opts.workers, drop_last=True,
+                        pin_memory=device.type == "cuda", persistent_workers=opts.workers > 0)
+
+    def step(images, labels):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16):
+            x = (images.float() / 255 - mean) / std
+            feats = F.normalize(clip.visual_projection(clip.vision_model(pixel_values=x).pooler_output), dim=-1)
+            loss = F.cross_entropy((clip.logit_scale.exp() * feats @ text.t().to(feats.dtype)).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step = torch.compile(step) if opts.compile else step
+    done, start = 0, None
+    while done < opts.steps + opts.warmup:
+        for batch in loader:
+            step(batch["pixel_values"].to(device, non_blocking=True), batch["labels"].to(device, non_blocking=True))
+            done += 1
+            if done == opts.warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+            if done == opts.steps + opts.warmup:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return opts.steps * opts.batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="bundled tiny CLIP on CPU")
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (after --warmup steps)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--attn", default="sdpa")
+    parser.add_argument("--output_dir", default="/tmp/clip-benchmark")
+    opts = parser.parse_args()
+    device = torch.device("cpu" if opts.tiny or not torch.cuda.is_available() else "cuda")
+    opts.batch_size = opts.batch_size or (32 if opts.tiny else 256)
+    opts.steps = opts.steps or (40 if opts.tiny else 30)
+    opts.workers = opts.workers if opts.workers is not None else (0 if opts.tiny else 4)
+
+    processor = CLIPProcessor.from_pretrained(TINY)
+    size = 32 if opts.tiny else 224
+    data = UInt8Images(opts.batch_size * 8, size, len(CLASSES))
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+               "model": "tiny-clip" if opts.tiny else "ViT-B/16 (random weights)", "batch_size": opts.batch_size,
+               "bf16": opts.bf16, "compile": opts.compile, "torch": torch.__version__}
+    for name, runner in (("plain", run_plain), ("stage", run_stage)):
+        model = build_task_model(build_model(opts.tiny, opts.attn), processor, size).to(device)
+        model.task.setup(model)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        results[f"{name}_images_per_s"] = round(runner(model, data, opts, device), 1)
+        if device.type == "cuda":
+            results[f"{name}_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        del model
+    results["ratio"] = round(results["stage_images_per_s"] / results["plain_images_per_s"], 3)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Through `llamafactory-cli`: the examples, torchrun with 2 processes, and LLM stages left untouched."""
+
+import json
+import os
+
+import pytest
+
+from conftest import DATA_DIR, ROOT, TINY_CLIP, read_json, run_cli
+
+
+TINY = [f"model_name_or_path={TINY_CLIP}", f"dataset_dir={DATA_DIR}", "bf16=false", "dataloader_num_workers=0",
+        "num_train_epochs=1", "per_device_train_batch_size=8", "logging_steps=1", "save_strategy=no"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", ["full.yaml", "i2t_full.yaml"])
+def test_examples_run_with_the_tiny_checkpoint(tmp_path, example):
+    extra = ["num_shots=2"] if example == "full.yaml" else ["max_samples=32"]
+    out = run_cli(["train", str(ROOT / "examples" / "clip" / example), f"output_dir={tmp_path}", *TINY, *extra])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    results = read_json(tmp_path / "all_results.json")
+    assert "eval_accuracy" in results if example == "full.yaml" else "eval_i2t_r1" in results
+    assert (tmp_path / "trainer_log.jsonl").is_file() and (tmp_path / "training_loss.png").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path):
+    """FORCE_TORCHRUN: LLaMA-Factory re-runs its launcher.py under torchrun; the hook routes both ranks."""
+    out = run_cli(
+        ["train", str(ROOT / "examples" / "clip" / "full.yaml"), f"output_dir={tmp_path}", *TINY, "num_shots=4",
+         "per_device_eval_batch_size=32"],
+        env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"},
+    )
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert "Process rank: 0, world size: 2" in log and "Process rank: 1, world size: 2" in log
+    state = read_json(tmp_path / "trainer_state.json")
+    assert state["global_step"] == 3  # 40 images / (8 per device x 2 ranks), rounded up
+    assert (tmp_path / "model.safetensors").is_file() and "eval_accuracy" in read_json(tmp_path / "all_results.json")
+
+
+@pytest.mark.slow
+def test_llm_stage_reaches_llamafactory_unchanged(tmp_path):
+    """`stage: sft` goes to LLaMA-Factory's run_sft, failing exactly as it does without the plugin."""
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"tiny": {"file_name": "tiny.json"}}))
+    (tmp_path / "tiny.json").write_text(json.dumps([{"instruction": "hi", "input": "", "output": "hello"}]))
+    config = {
+        "stage": "sft", "do_train": True, "model_name_or_path": str(tmp_path / "no-such-model"),
+        "dataset": "tiny", "dataset_dir": str(tmp_path), "template": "default", "finetuning_type": "lora",
+        "output_dir": str(tmp_path / "out"), "report_to": "none",
+    }
+    (tmp_path / "sft.yaml").write_text(json.dumps(config))
+    with_plugin = run_cli(["train", str(tmp_path / "sft.yaml")], cwd=tmp_path)
+    without = run_cli(["train", str(tmp_path / "sft.yaml")], env={"LLAMAFACTORY_CLIP_DISABLE": "1"}, cwd=tmp_path)
+    assert with_plugin.returncode != 0 and without.returncode != 0
+    assert "llamafactory/train/sft/workflow.py" in with_plugin.stderr  # LLaMA-Factory's own SFT code ran
+    assert "clip_finetune" not in with_plugin.stderr.split("llamafactory/train/tuner.py")[-1]
+    last = lambda text: text.strip().splitlines()[-1]  # noqa: E731
+    assert last(with_plugin.stderr) == last(without.stderr)
+    assert not os.path.exists(tmp_path / "out" / "all_results.json")

@@ -1,0 +1,169 @@
+"""Dataset formats, few-shot sampling, and the errors for bad data."""
+
+import csv
+import json
+import os
+
+import pytest
+import torch
+from transformers import CLIPProcessor
+
+from llamafactory.clip_finetune.data import load_clip_datasets
+from llamafactory.clip_finetune.data.fewshot import sample_per_class
+from llamafactory.clip_finetune.hparams import ClipDataArguments
+
+from conftest import DATA_DIR, TINY_CLIP
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return CLIPProcessor.from_pretrained(TINY_CLIP)
+
+
+def load(processor, dataset_dir, info, task="classification", seed=0, **data):
+    with open(os.path.join(dataset_dir, "dataset_info.json"), "w") as f:
+        json.dump(info, f)
+    args = ClipDataArguments(dataset_dir=str(dataset_dir), **data)
+    return load_clip_datasets(args, task, seed, processor.image_processor, processor.tokenizer)
+
+
+def fm_images(data_copy, cls):
+    return sorted(os.listdir(data_copy / "fm" / cls))
+
+
+def test_bundled_imagefolder_classes_and_uint8_items(processor):
+    args = ClipDataArguments(dataset="fashion_mnist_train", eval_dataset="fashion_mnist_test", dataset_dir=str(DATA_DIR))
+    ds = load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
+    assert ds.classnames[:3] == ["ankle boot", "bag", "coat"]
+    assert len(ds.classnames) == 10 and len(ds.eval) == 200
+    item = ds.train[0]
+    assert item["pixel_values"].dtype == torch.uint8 and item["pixel_values"].shape == (3, 32, 32)
+    assert ds.templates == ["a photo of a {}.", "a photo of the {}, a type of clothing."]
+
+
+def test_few_shot_is_k_per_class_reproducible_and_val_keeps_min_k_4(processor):
+    info_args = dict(dataset="fashion_mnist_train", val_dataset="fashion_mnist_test", dataset_dir=str(DATA_DIR))
+    a = load_clip_datasets(ClipDataArguments(num_shots=8, **info_args), "classification", 1, processor.image_processor, None)
+    b = load_clip_datasets(ClipDataArguments(num_shots=8, **info_args), "classification", 1, processor.image_processor, None)
+    c = load_clip_datasets(ClipDataArguments(num_shots=8, **info_args), "classification", 2, processor.image_processor, None)
+    assert torch.bincount(a.train.labels).tolist() == [8] * 10
+    assert torch.bincount(a.val.labels).tolist() == [4] * 10
+    assert a.train.samples.images == b.train.samples.images
+    assert a.train.samples.images != c.train.samples.images
+
+
+def test_sample_per_class_takes_all_of_a_small_class():
+    labels = torch.tensor([0, 0, 0, 1, 2, 2])
+    picked = sample_per_class(labels, 2, seed=0)
+    assert torch.bincount(labels[picked]).tolist() == [2, 1, 2]
+
+
+def test_csv_with_class_names_and_jsonl_with_indices(processor, data_copy):
+    rows = [(f"fm/coat/{n}", "coat") for n in fm_images(data_copy, "coat")[:2]]
+    rows += [(f"fm/bag/{n}", "bag") for n in fm_images(data_copy, "bag")[:3]]
+    with open(data_copy / "train.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image", "label"), *rows])
+    with open(data_copy / "test.jsonl", "w") as f:
+        for path, name in rows:
+            f.write(json.dumps({"image": path, "label": ["bag", "coat"].index(name)}) + "\n")
+    info = {
+        "tr": {"file_name": "train.csv", "image_dir": "."},
+        "te": {"file_name": "test.jsonl", "image_dir": ".", "classnames": ["bag", "coat"]},
+    }
+    ds = load(processor, data_copy, info, dataset="tr", eval_dataset="te")
+    assert ds.classnames == ["bag", "coat"]
+    assert ds.train.labels.tolist() == [1, 1, 0, 0, 0] == ds.eval.labels.tolist()
+
+
+def test_label_outside_class_list_names_the_row(processor, data_copy):
+    name = fm_images(data_copy, "bag")[0]
+    with open(data_copy / "t.jsonl", "w") as f:
+        f.write(json.dumps({"image": f"fm/bag/{name}", "label": 0}) + "\n")
+        f.write(json.dumps({"image": f"fm/bag/{name}", "label": 7}) + "\n")
+    info = {"t": {"file_name": "t.jsonl", "classnames": ["bag", "coat"]}}
+    with pytest.raises(ValueError, match=r"t.jsonl row 2: label 7 is outside the 2 classes"):
+        load(processor, data_copy, info, dataset="t")
+
+
+def test_missing_image_file_names_the_row(processor, data_copy):
+    with open(data_copy / "t.csv", "w") as f:
+        f.write("image,label\nfm/bag/nope.png,bag\n")
+    with pytest.raises(ValueError, match=r"t.csv row 1: image file `.*nope.png` does not exist"):
+        load(processor, data_copy, {"t": {"file_name": "t.csv"}}, dataset="t")
+
+
+def test_corrupt_image_names_the_file(processor, data_copy):
+    bad = data_copy / "fm" / "bag" / "zz_corrupt.png"
+    bad.write_bytes(b"not a png at all")
+    ds = load(processor, data_copy, {"t": {"file_name": "fm"}}, dataset="t")
+    index = ds.train.samples.images.index(str(bad))
+    with pytest.raises(ValueError, match=r"Cannot read image .*zz_corrupt.png"):
+        ds.train[index]
+
+
+def test_empty_class_folder_is_an_error(processor, data_copy):
+    (data_copy / "fm" / "empty_class").mkdir()
+    with pytest.raises(ValueError, match=r"class folder `.*empty_class` holds no images"):
+        load(processor, data_copy, {"t": {"file_name": "fm"}}, dataset="t")
+
+
+def test_train_and_eval_must_share_classes(processor, data_copy):
+    info = {"a": {"file_name": "fm"}, "b": {"file_name": "fm", "classnames": ["x", "y", "z"]}}
+    with pytest.raises(ValueError, match="must share one class list"):
+        load(processor, data_copy, info, dataset="a", eval_dataset="b")
+
+
+def test_coop_split_file(processor, data_copy):
+    images = data_copy / "mini_pets" / "images"
+    images.mkdir(parents=True)
+    split = {"train": [], "val": [], "test": []}
+    for label, cls in enumerate(["bag", "coat"]):
+        for i, name in enumerate(fm_images(data_copy, cls)[:4]):
+            os.link(data_copy / "fm" / cls / name, images / f"{cls}_{name}")
+            split["train" if i < 3 else "test"].append([f"{cls}_{name}", label, cls])
+    with open(data_copy / "mini_pets" / "split_zhou_OxfordPets.json", "w") as f:
+        json.dump(split, f)
+    info = {
+        "pets_train": {"file_name": "mini_pets/split_zhou_OxfordPets.json", "split": "train"},
+        "pets_test": {"file_name": "mini_pets/split_zhou_OxfordPets.json", "split": "test"},
+    }
+    ds = load(processor, data_copy, info, dataset="pets_train", eval_dataset="pets_test")
+    assert ds.classnames == ["bag", "coat"] and len(ds.train) == 6 and len(ds.eval) == 2
+    assert ds.templates == ["a photo of a {}, a type of pet."]  # CoOp's template for OxfordPets
+
+
+def test_hugging_face_dataset_with_class_label(processor, data_copy):
+    import datasets
+
+    paths = [str(data_copy / "fm" / cls / n) for cls in ("bag", "coat") for n in fm_images(data_copy, cls)[:2]]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["bag", "coat"])})
+    data = datasets.Dataset.from_dict({"image": paths, "label": [0, 0, 1, 1]}, features=features)
+    datasets.DatasetDict({"train": data}).save_to_disk(str(data_copy / "hf_fm"))
+    ds = load(processor, data_copy, {"h": {"file_name": "hf_fm", "split": "train"}}, dataset="h")
+    assert ds.classnames == ["bag", "coat"]
+    assert ds.train[3]["pixel_values"].shape == (3, 32, 32) and int(ds.train[3]["labels"]) == 1
+
+
+def test_caption_csv_groups_rows_of_one_image(processor, data_copy):
+    a, b = fm_images(data_copy, "bag")[:2]
+    with open(data_copy / "caps.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image", "caption"), (f"fm/bag/{a}", "a bag"), (f"fm/bag/{b}", "a grey bag"),
+                                 (f"fm/bag/{a}", "a handbag")])
+    info = {"c": {"task": "image_to_text", "file_name": "caps.csv", "columns": {"captions": "caption"}}}
+    ds = load(processor, data_copy, info, task="image_to_text", dataset="c", eval_dataset="c")
+    assert ds.eval.samples.captions == [["a bag", "a handbag"], ["a grey bag"]]
+    assert ds.eval.caption_image.tolist() == [0, 0, 1]
+    item = ds.train[0]
+    assert item["input_ids"].shape == ds.train.input_ids.shape[1:]
+
+
+def test_dataset_of_the_wrong_task_is_refused(processor):
+    args = ClipDataArguments(dataset="emoji_captions_train", dataset_dir=str(DATA_DIR))
+    with pytest.raises(ValueError, match="is a image_to_text dataset, but clip_task is classification"):
+        load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
+
+
+def test_unknown_dataset_lists_the_known_ones(processor):
+    args = ClipDataArguments(dataset="fashion", dataset_dir=str(DATA_DIR))
+    with pytest.raises(ValueError, match="dataset `fashion` is not in .*it has: emoji_captions_test"):
+        load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)

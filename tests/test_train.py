@@ -1,0 +1,90 @@
+"""End-to-end runs in-process through LLaMA-Factory's `run_exp`, as its own tests do."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+from transformers import CLIPModel, CLIPProcessor
+
+from llamafactory.train.tuner import run_exp
+
+from conftest import TINY_CLIP, base_args, i2t_args, read_json
+
+
+def changed(before, after, prefix):
+    keys = [k for k in before if k.startswith(prefix)]
+    assert keys, prefix
+    return any(not torch.equal(before[k], after[k]) for k in keys)
+
+
+def test_classification_full_finetune_trains_image_tower_only(tmp_path):
+    out = tmp_path / "cls"
+    run_exp(base_args(out, num_train_epochs=2))
+    before = load_file(TINY_CLIP / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert changed(before, after, "vision_model.") and changed(before, after, "visual_projection.")
+    assert not changed(before, after, "text_model.") and not changed(before, after, "text_projection.")
+    assert torch.equal(before["logit_scale"].float(), after["logit_scale"].float())
+
+    results = read_json(out / "all_results.json")
+    assert 0.0 <= results["eval_accuracy"] <= results["eval_top5_accuracy"] <= 1.0
+    logs = [line for line in (out / "trainer_log.jsonl").read_text().splitlines() if line]
+    assert len(logs) >= 2 and '"loss"' in logs[0]
+
+    model = CLIPModel.from_pretrained(out)  # a plain CLIP checkpoint
+    processor = CLIPProcessor.from_pretrained(out)
+    assert torch.equal(model.vision_model.embeddings.patch_embedding.weight,
+                       after["vision_model.embeddings.patch_embedding.weight"].float())
+    assert processor.tokenizer("a photo of a dog.")["input_ids"] == [49406, 320, 1125, 539, 320, 1929, 269, 49407]
+
+
+def test_zero_shot_evaluation_matches_a_manual_computation(tmp_path):
+    out = tmp_path / "zs"
+    run_exp(base_args(out, do_train=False, dataset=None, num_shots=None))
+    accuracy = read_json(out / "all_results.json")["eval_accuracy"]
+
+    from llamafactory.clip_finetune.hparams import ClipDataArguments
+    from llamafactory.clip_finetune.data import load_clip_datasets
+
+    model = CLIPModel.from_pretrained(TINY_CLIP).eval()
+    processor = CLIPProcessor.from_pretrained(TINY_CLIP)
+    args = ClipDataArguments(eval_dataset="fashion_mnist_test", dataset_dir=str(TINY_CLIP.parents[1]))
+    data = load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
+    templates = data.templates
+    with torch.no_grad():
+        text = []
+        for name in data.classnames:
+            tokens = processor.tokenizer([t.format(name) for t in templates], padding=True, return_tensors="pt")
+            feats = torch.nn.functional.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
+            text.append(torch.nn.functional.normalize(feats.mean(0), dim=-1))
+        text = torch.stack(text)
+        pixels = torch.stack([data.eval[i]["pixel_values"] for i in range(len(data.eval))]).float() / 255
+        mean = torch.tensor(processor.image_processor.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(processor.image_processor.image_std).view(1, 3, 1, 1)
+        image = model.get_image_features(pixel_values=(pixels - mean) / std).pooler_output
+        predictions = (torch.nn.functional.normalize(image, dim=-1) @ text.t()).argmax(-1)
+    expected = (predictions == data.eval.labels).float().mean().item()
+    assert abs(accuracy - expected) < 1e-6
+
+
+def test_image_to_text_full_finetune_trains_both_towers(tmp_path):
+    out = tmp_path / "i2t"
+    run_exp(i2t_args(out))
+    before = load_file(TINY_CLIP / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert changed(before, after, "vision_model.") and changed(before, after, "text_model.")
+    results = read_json(out / "all_results.json")
+    for key in ("eval_i2t_r1", "eval_i2t_r5", "eval_i2t_r10", "eval_t2i_r1", "eval_t2i_r5", "eval_t2i_r10"):
+        assert 0.0 <= results[key] <= 1.0
+    assert results["eval_i2t_r1"] <= results["eval_i2t_r5"] <= results["eval_i2t_r10"]
+
+
+def test_resume_from_checkpoint_continues_the_run(tmp_path):
+    out = tmp_path / "resume"
+    run_exp(base_args(out, save_strategy="steps", save_steps=2, max_steps=2, do_eval=False))
+    assert (out / "checkpoint-2" / "model.safetensors").is_file()
+    run_exp(base_args(out, save_strategy="steps", save_steps=2, max_steps=4, do_eval=False))
+    assert read_json(out / "trainer_state.json")["global_step"] == 4
+    logged = [json.loads(line)["current_steps"] for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    # each run ends with a summary line at its last step; the second run went on from step 2, not from step 1
+    assert logged == [1, 2, 2, 3, 4, 4]
