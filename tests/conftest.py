@@ -56,7 +56,8 @@ def i2t_args(output_dir, **overrides):
 
 
 def run_cli(args, env=None, timeout=600, cwd=ROOT):
-    full_env = {**os.environ, "DISABLE_VERSION_CHECK": "1", **(env or {})}
+    path = os.pathsep.join([os.path.dirname(CLI), os.environ.get("PATH", "")])  # torchrun of this environment
+    full_env = {**os.environ, "PATH": path, **(env or {})}
     return subprocess.run([CLI, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -46,7 +46,7 @@ def test_zero_shot_evaluation_matches_a_manual_computation(tmp_path):
     from llamafactory.clip_finetune.hparams import ClipDataArguments
     from llamafactory.clip_finetune.data import load_clip_datasets
 
-    model = CLIPModel.from_pretrained(TINY_CLIP).eval()
+    model = CLIPModel.from_pretrained(TINY_CLIP, dtype=torch.float32).eval()  # stored as float16
     processor = CLIPProcessor.from_pretrained(TINY_CLIP)
     args = ClipDataArguments(eval_dataset="fashion_mnist_test", dataset_dir=str(TINY_CLIP.parents[1]))
     data = load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
