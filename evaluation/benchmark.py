@@ -20,7 +20,7 @@ os.environ.setdefault("DISABLE_VERSION_CHECK", "1")  # GPU images may carry a ne
 import torch  # noqa: E402
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from transformers import CLIPConfig, CLIPModel, CLIPProcessor, TrainerCallback
+from transformers import CLIPConfig, CLIPModel, CLIPProcessor, TrainerCallback, TrainingArguments
 
 from llamafactory.clip_finetune.data.transforms import ImageSpec
 from llamafactory.clip_finetune.hparams import ClipDataArguments, ClipFinetuningArguments
@@ -28,7 +28,6 @@ from llamafactory.clip_finetune.methods import get_method
 from llamafactory.clip_finetune.model import ClipTaskModel
 from llamafactory.clip_finetune.tasks import ClassificationTask
 from llamafactory.clip_finetune.train.trainer import ClipTrainer
-from llamafactory.hparams import TrainingArguments
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +91,7 @@ class StepTimer(TrainerCallback):
 
 
 def run_stage(model, data, opts, device) -> float:
+    # transformers' TrainingArguments: LLaMA-Factory's subclass only adds keys, and importing it pulls datasets/pandas.
     args = TrainingArguments(
         output_dir=opts.output_dir, per_device_train_batch_size=opts.batch_size, max_steps=opts.steps + opts.warmup,
         learning_rate=1e-5, bf16=opts.bf16, torch_compile=opts.compile, dataloader_num_workers=opts.workers,

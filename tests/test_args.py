@@ -2,7 +2,7 @@
 
 import pytest
 
-from llamafactory.clip_finetune.hparams import get_clip_train_args
+from llamafactory.clip_finetune.hparams.parser import get_clip_train_args
 from llamafactory.clip_finetune.hparams.model_args import resolve_backbone
 
 from conftest import base_args

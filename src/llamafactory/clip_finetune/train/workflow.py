@@ -7,7 +7,7 @@ from llamafactory.extras.ploting import plot_loss
 from llamafactory.train.callbacks import LogCallback
 
 from ..data import load_clip_datasets
-from ..hparams import get_clip_train_args
+from ..hparams.parser import get_clip_train_args
 from ..methods import get_method
 from ..methods.base import log_trainable
 from ..model import ClipTaskModel, load_clip
