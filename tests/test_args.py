@@ -73,3 +73,14 @@ def test_output_dir_of_another_run_is_refused(tmp_path):
         get_clip_train_args(base_args(out))
     _, _, training_args, _ = get_clip_train_args(base_args(out, overwrite_output_dir=True))
     assert training_args.resume_from_checkpoint is None
+
+
+def test_stage_defaults_avoid_per_step_syncs_unless_set(tmp_path):
+    _, _, training_args, _ = get_clip_train_args(base_args(tmp_path / "o"))
+    assert training_args.logging_nan_inf_filter is False
+    assert training_args.accelerator_config.non_blocking is True
+    _, _, training_args, _ = get_clip_train_args(base_args(tmp_path / "o", logging_nan_inf_filter=True))
+    assert training_args.logging_nan_inf_filter is True
+    argv = ["--stage", "clip", "--dataset", "fashion_mnist_train", "--do_train", "--output_dir", str(tmp_path)]
+    _, _, training_args, _ = get_clip_train_args(argv)
+    assert training_args.logging_nan_inf_filter is False and training_args.accelerator_config.non_blocking is True

@@ -6,6 +6,7 @@ Accepts what LLaMA-Factory's ``read_args`` produces: a dict (yaml with ``key=val
 
 import dataclasses
 import difflib
+import json
 import os
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -19,12 +20,24 @@ from llamafactory.hparams import TrainingArguments
 from .data_args import ClipDataArguments
 from .finetuning_args import ClipFinetuningArguments
 from .model_args import ClipModelArguments
+from .training_defaults import STAGE_DEFAULTS
 
 
 logger = logging.get_logger(__name__)
 
 CLIP_ARGS = (ClipModelArguments, ClipDataArguments, TrainingArguments, ClipFinetuningArguments)
 ClipArgs = tuple[ClipModelArguments, ClipDataArguments, TrainingArguments, ClipFinetuningArguments]
+
+
+def with_stage_defaults(args: Union[dict[str, Any], list[str]]) -> Union[dict[str, Any], list[str]]:
+    if isinstance(args, dict):
+        return {**STAGE_DEFAULTS, **args}
+    given = {item.split("=")[0].lstrip("-") for item in args if item.startswith("--")}
+    extra = []
+    for key, value in STAGE_DEFAULTS.items():
+        if key not in given:
+            extra += [f"--{key}", json.dumps(value) if isinstance(value, dict) else str(value)]
+    return extra + list(args)
 
 
 def valid_keys() -> list[str]:
@@ -101,7 +114,7 @@ def _detect_checkpoint(training_args) -> None:
 
 
 def get_clip_train_args(args: Union[dict[str, Any], list[str]]) -> ClipArgs:
-    model_args, data_args, training_args, finetuning_args = _parse(args)
+    model_args, data_args, training_args, finetuning_args = _parse(with_stage_defaults(args))
     _check(model_args, data_args, training_args, finetuning_args)
     _detect_checkpoint(training_args)
 

@@ -23,6 +23,17 @@ class ClipTaskModel(nn.Module):
         self.normalize = spec.normalize
         self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        self._mode_set: Optional[bool] = None
+
+    def train(self, mode: bool = True) -> "ClipTaskModel":
+        """The HF Trainer calls ``train()`` before every step, and walking every submodule is a visible share of a
+        small model's step. Modes change only through this method (evaluation goes through ``ClipTrainer.evaluate``,
+        methods that keep a frozen part in eval mode override ``train`` on that part), so a call that changes
+        nothing returns at once."""
+        if mode != self._mode_set:
+            super().train(mode)
+            self._mode_set = mode
+        return self
 
     @property
     def config(self):

@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import torch
 from safetensors.torch import load_file
+from accelerate.utils import DistributedType
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
@@ -24,6 +25,14 @@ class ClipTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.model.task.setup(self.model)
+
+    def _clip_grad_norm(self, model: torch.nn.Module):
+        """Clip over the optimizer's parameters: walking every frozen tensor of the model each step costs as much as a
+        tiny model's optimizer step. FSDP and DeepSpeed clip through their own engines, so they keep the default."""
+        if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            return super()._clip_grad_norm(model)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
 
     def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
         output_dir = output_dir or self.args.output_dir
