@@ -16,7 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("DISABLE_VERSION_CHECK", "1")  # GPU images may carry a newer transformers than LLaMA-Factory pins
+
+os.environ.setdefault(
+    "DISABLE_VERSION_CHECK", "1"
+)  # GPU images may carry a newer transformers than LLaMA-Factory pins
 
 import torch  # noqa: E402
 import torch.nn.functional as F
@@ -36,10 +39,23 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "data" / "models" / "tiny-clip"
 # openai/clip-vit-base-patch16's architecture.
 VIT_B16 = {
-    "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                      "num_attention_heads": 12, "image_size": 224, "patch_size": 16},
-    "text_config": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 8,
-                    "vocab_size": 49408, "max_position_embeddings": 77, "eos_token_id": 49407},
+    "vision_config": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "image_size": 224,
+        "patch_size": 16,
+    },
+    "text_config": {
+        "hidden_size": 512,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 8,
+        "vocab_size": 49408,
+        "max_position_embeddings": 77,
+        "eos_token_id": 49407,
+    },
     "projection_dim": 512,
 }
 CLASSES = [f"class {i}" for i in range(100)]
@@ -63,8 +79,11 @@ def build_model(tiny: bool, attn: str) -> CLIPModel:
     torch.manual_seed(0)
     if tiny:
         return CLIPModel.from_pretrained(TINY, dtype=torch.float32, attn_implementation=attn)
-    config = CLIPConfig(text_config=VIT_B16["text_config"], vision_config=VIT_B16["vision_config"],
-                        projection_dim=VIT_B16["projection_dim"])
+    config = CLIPConfig(
+        text_config=VIT_B16["text_config"],
+        vision_config=VIT_B16["vision_config"],
+        projection_dim=VIT_B16["projection_dim"],
+    )
     config._attn_implementation = attn
     return CLIPModel(config)
 
@@ -96,12 +115,24 @@ class StepTimer(TrainerCallback):
 def run_stage(model, data, opts, device) -> float:
     # transformers' TrainingArguments: LLaMA-Factory's subclass only adds keys, and importing it pulls datasets/pandas.
     args = TrainingArguments(
-        output_dir=opts.output_dir, per_device_train_batch_size=opts.batch_size, max_steps=opts.steps + opts.warmup,
-        learning_rate=1e-5, bf16=opts.bf16, torch_compile=opts.compile, dataloader_num_workers=opts.workers,
-        dataloader_pin_memory=device.type == "cuda", logging_strategy="no", save_strategy="no", report_to="none",
-        use_cpu=device.type == "cpu", optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
-        lr_scheduler_type="constant", dataloader_persistent_workers=opts.workers > 0, disable_tqdm=True,
-        max_grad_norm=MAX_GRAD_NORM, **STAGE_DEFAULTS,
+        output_dir=opts.output_dir,
+        per_device_train_batch_size=opts.batch_size,
+        max_steps=opts.steps + opts.warmup,
+        learning_rate=1e-5,
+        bf16=opts.bf16,
+        torch_compile=opts.compile,
+        dataloader_num_workers=opts.workers,
+        dataloader_pin_memory=device.type == "cuda",
+        logging_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=device.type == "cpu",
+        optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
+        lr_scheduler_type="constant",
+        dataloader_persistent_workers=opts.workers > 0,
+        disable_tqdm=True,
+        max_grad_norm=MAX_GRAD_NORM,
+        **STAGE_DEFAULTS,
     )
     timer = StepTimer(opts.warmup)
     trainer = ClipTrainer(model=model, args=args, train_dataset=data, callbacks=[timer])
@@ -116,8 +147,15 @@ def run_plain(model: ClipTaskModel, data, opts, device) -> float:
     mean, std = model.pixel_mean.to(device), model.pixel_std.to(device)
     params = [p for p in clip.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
-    loader = DataLoader(data, batch_size=opts.batch_size, shuffle=True, num_workers=opts.workers, drop_last=True,
-                        pin_memory=device.type == "cuda", persistent_workers=opts.workers > 0)
+    loader = DataLoader(
+        data,
+        batch_size=opts.batch_size,
+        shuffle=True,
+        num_workers=opts.workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=opts.workers > 0,
+    )
 
     def forward_loss(images, labels):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16):
@@ -158,8 +196,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=None, help="alternate plain/stage runs; the median counts")
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU intra-op threads: tiny matmuls gain nothing from more, and OpenMP barriers add noise")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU intra-op threads: tiny matmuls gain nothing from more, and OpenMP barriers add noise",
+    )
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--attn", default="sdpa")
@@ -176,10 +218,15 @@ def main() -> None:
     processor = CLIPProcessor.from_pretrained(TINY)
     size = 32 if opts.tiny else 224
     data = UInt8Images(opts.batch_size * 8, size, len(CLASSES))
-    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-               "model": "tiny-clip" if opts.tiny else "ViT-B/16 (random weights)", "batch_size": opts.batch_size,
-               "bf16": opts.bf16, "compile": opts.compile, "torch": torch.__version__,
-               "threads": torch.get_num_threads() if device.type == "cpu" else None}
+    results = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "model": "tiny-clip" if opts.tiny else "ViT-B/16 (random weights)",
+        "batch_size": opts.batch_size,
+        "bf16": opts.bf16,
+        "compile": opts.compile,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+    }
     speeds = {"plain": [], "stage": []}
     for _ in range(opts.repeats):  # alternate, so that drifting machine load hits both sides alike
         for name, runner in (("plain", run_plain), ("stage", run_stage)):

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+
 ROOT = Path(__file__).resolve().parents[1] / "data"
 SEED = 0
 FASHION_CLASSES = [

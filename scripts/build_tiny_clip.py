@@ -30,6 +30,7 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 OUT = DATA / "models" / "tiny-clip"
 TEMPLATES = [

@@ -24,6 +24,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+
 GZ_NAME = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SIZE = 49408
 NUM_MERGES = VOCAB_SIZE - 2 * 256 - 2  # 48,894 merges: 512 byte symbols + 2 specials

@@ -5,8 +5,8 @@ nothing from LLaMA-Factory. It installs one meta-path finder that
 
 * resolves ``llamafactory.clip_finetune`` from the directory beside this file (``llamafactory`` is LLaMA-Factory's
   regular package, whose ``__path__`` never includes our files in editable installs);
-* when a patched LLaMA-Factory module (``PATCHES``) finishes importing, calls our patch on it (the patch checks the seams it
-  relies on and raises one clear error when they moved).
+* when a patched LLaMA-Factory module (``PATCHES``) finishes importing, calls our patch on it (the patch checks
+  the seams it relies on and raises one clear error when they moved).
 
 Set ``LLAMAFACTORY_CLIP_DISABLE=1`` to leave LLaMA-Factory unpatched (the package stays importable).
 """

@@ -1,11 +1,10 @@
 """Argument parsing: yaml/dict and argv forms, unknown keys named with the closest valid one, backbones."""
 
 import pytest
-
-from llamafactory.clip_finetune.hparams.parser import get_clip_train_args
-from llamafactory.clip_finetune.hparams.model_args import resolve_backbone
-
 from conftest import base_args
+
+from llamafactory.clip_finetune.hparams.model_args import resolve_backbone
+from llamafactory.clip_finetune.hparams.parser import get_clip_train_args
 
 
 def test_dict_args_parse_into_clip_and_trainer_dataclasses(tmp_path):
@@ -18,9 +17,25 @@ def test_dict_args_parse_into_clip_and_trainer_dataclasses(tmp_path):
 
 
 def test_argv_args_parse(tmp_path):
-    argv = ["--stage", "clip", "--model_name_or_path", "ViT-B/32", "--clip_task", "image_to_text",
-            "--dataset", "emoji_captions_train", "--dataset_dir", "data", "--do_train",
-            "--output_dir", str(tmp_path / "o"), "--image_mean", "0.5", "0.5", "0.5"]
+    argv = [
+        "--stage",
+        "clip",
+        "--model_name_or_path",
+        "ViT-B/32",
+        "--clip_task",
+        "image_to_text",
+        "--dataset",
+        "emoji_captions_train",
+        "--dataset_dir",
+        "data",
+        "--do_train",
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--image_mean",
+        "0.5",
+        "0.5",
+        "0.5",
+    ]
     model_args, data_args, training_args, finetuning_args = get_clip_train_args(argv)
     assert model_args.model_name_or_path == "openai/clip-vit-base-patch32"
     assert data_args.image_mean == [0.5, 0.5, 0.5]
@@ -33,8 +48,17 @@ def test_misspelled_key_names_the_closest_valid_key(tmp_path):
 
 
 def test_misspelled_argv_flag_is_an_error(tmp_path):
-    argv = ["--stage", "clip", "--dataset", "fashion_mnist_train", "--do_train", "--output_dir", str(tmp_path),
-            "--learning_rat", "0.1"]
+    argv = [
+        "--stage",
+        "clip",
+        "--dataset",
+        "fashion_mnist_train",
+        "--do_train",
+        "--output_dir",
+        str(tmp_path),
+        "--learning_rat",
+        "0.1",
+    ]
     with pytest.raises(ValueError, match=r"`learning_rat` \(did you mean `learning_rate`\?\)"):
         get_clip_train_args(argv)
 

@@ -4,12 +4,19 @@ import json
 import os
 
 import pytest
-
 from conftest import DATA_DIR, ROOT, TINY_CLIP, read_json, run_cli
 
 
-TINY = [f"model_name_or_path={TINY_CLIP}", f"dataset_dir={DATA_DIR}", "bf16=false", "dataloader_num_workers=0",
-        "num_train_epochs=1", "per_device_train_batch_size=8", "logging_steps=1", "save_steps=10000"]
+TINY = [
+    f"model_name_or_path={TINY_CLIP}",
+    f"dataset_dir={DATA_DIR}",
+    "bf16=false",
+    "dataloader_num_workers=0",
+    "num_train_epochs=1",
+    "per_device_train_batch_size=8",
+    "logging_steps=1",
+    "save_steps=10000",
+]
 
 
 @pytest.mark.slow
@@ -27,8 +34,14 @@ def test_examples_run_with_the_tiny_checkpoint(tmp_path, example):
 def test_torchrun_two_processes(tmp_path):
     """FORCE_TORCHRUN: LLaMA-Factory re-runs its launcher.py under torchrun; the hook routes both ranks."""
     out = run_cli(
-        ["train", str(ROOT / "examples" / "clip" / "full.yaml"), f"output_dir={tmp_path}", *TINY, "num_shots=4",
-         "per_device_eval_batch_size=32"],
+        [
+            "train",
+            str(ROOT / "examples" / "clip" / "full.yaml"),
+            f"output_dir={tmp_path}",
+            *TINY,
+            "num_shots=4",
+            "per_device_eval_batch_size=32",
+        ],
         env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"},
     )
     log = out.stdout + out.stderr
@@ -45,9 +58,15 @@ def test_llm_stage_reaches_llamafactory_unchanged(tmp_path):
     (tmp_path / "dataset_info.json").write_text(json.dumps({"tiny": {"file_name": "tiny.json"}}))
     (tmp_path / "tiny.json").write_text(json.dumps([{"instruction": "hi", "input": "", "output": "hello"}]))
     config = {
-        "stage": "sft", "do_train": True, "model_name_or_path": str(tmp_path / "no-such-model"),
-        "dataset": "tiny", "dataset_dir": str(tmp_path), "template": "default", "finetuning_type": "lora",
-        "output_dir": str(tmp_path / "out"), "report_to": "none",
+        "stage": "sft",
+        "do_train": True,
+        "model_name_or_path": str(tmp_path / "no-such-model"),
+        "dataset": "tiny",
+        "dataset_dir": str(tmp_path),
+        "template": "default",
+        "finetuning_type": "lora",
+        "output_dir": str(tmp_path / "out"),
+        "report_to": "none",
     }
     (tmp_path / "sft.yaml").write_text(json.dumps(config))
     with_plugin = run_cli(["train", str(tmp_path / "sft.yaml")], cwd=tmp_path)

@@ -6,13 +6,12 @@ import os
 
 import pytest
 import torch
+from conftest import DATA_DIR, TINY_CLIP
 from transformers import CLIPProcessor
 
 from llamafactory.clip_finetune.data import load_clip_datasets
 from llamafactory.clip_finetune.data.fewshot import sample_per_class
 from llamafactory.clip_finetune.hparams import ClipDataArguments
-
-from conftest import DATA_DIR, TINY_CLIP
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,9 @@ def fm_images(data_copy, cls):
 
 
 def test_bundled_imagefolder_classes_and_uint8_items(processor):
-    args = ClipDataArguments(dataset="fashion_mnist_train", eval_dataset="fashion_mnist_test", dataset_dir=str(DATA_DIR))
+    args = ClipDataArguments(
+        dataset="fashion_mnist_train", eval_dataset="fashion_mnist_test", dataset_dir=str(DATA_DIR)
+    )
     ds = load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
     assert ds.classnames[:3] == ["ankle boot", "bag", "coat"]
     assert len(ds.classnames) == 10 and len(ds.eval) == 200
@@ -43,9 +44,15 @@ def test_bundled_imagefolder_classes_and_uint8_items(processor):
 
 def test_few_shot_is_k_per_class_reproducible_and_val_keeps_min_k_4(processor):
     info_args = dict(dataset="fashion_mnist_train", val_dataset="fashion_mnist_test", dataset_dir=str(DATA_DIR))
-    a = load_clip_datasets(ClipDataArguments(num_shots=8, **info_args), "classification", 1, processor.image_processor, None)
-    b = load_clip_datasets(ClipDataArguments(num_shots=8, **info_args), "classification", 1, processor.image_processor, None)
-    c = load_clip_datasets(ClipDataArguments(num_shots=8, **info_args), "classification", 2, processor.image_processor, None)
+    a = load_clip_datasets(
+        ClipDataArguments(num_shots=8, **info_args), "classification", 1, processor.image_processor, None
+    )
+    b = load_clip_datasets(
+        ClipDataArguments(num_shots=8, **info_args), "classification", 1, processor.image_processor, None
+    )
+    c = load_clip_datasets(
+        ClipDataArguments(num_shots=8, **info_args), "classification", 2, processor.image_processor, None
+    )
     assert torch.bincount(a.train.labels).tolist() == [8] * 10
     assert torch.bincount(a.val.labels).tolist() == [4] * 10
     assert a.train.samples.images == b.train.samples.images
@@ -147,8 +154,14 @@ def test_hugging_face_dataset_with_class_label(processor, data_copy):
 def test_caption_csv_groups_rows_of_one_image(processor, data_copy):
     a, b = fm_images(data_copy, "bag")[:2]
     with open(data_copy / "caps.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("image", "caption"), (f"fm/bag/{a}", "a bag"), (f"fm/bag/{b}", "a grey bag"),
-                                 (f"fm/bag/{a}", "a handbag")])
+        csv.writer(f).writerows(
+            [
+                ("image", "caption"),
+                (f"fm/bag/{a}", "a bag"),
+                (f"fm/bag/{b}", "a grey bag"),
+                (f"fm/bag/{a}", "a handbag"),
+            ]
+        )
     info = {"c": {"task": "image_to_text", "file_name": "caps.csv", "columns": {"captions": "caption"}}}
     ds = load(processor, data_copy, info, task="image_to_text", dataset="c", eval_dataset="c")
     assert ds.eval.samples.captions == [["a bag", "a handbag"], ["a grey bag"]]

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
+
 DOCKER_DIR = ROOT / "docker" / "docker-cuda"
 DOCKERFILE = DOCKER_DIR / "Dockerfile"
 COMPOSE = DOCKER_DIR / "docker-compose.yml"

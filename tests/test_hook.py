@@ -7,12 +7,11 @@ import types
 import zipfile
 
 import pytest
+from conftest import ROOT
 
 import llamafactory_clip_hook
 from llamafactory.clip_finetune.integration.seams import IncompatibleLlamaFactoryError
 from llamafactory.clip_finetune.integration.tuner import is_clip_stage, patch_tuner
-
-from conftest import ROOT
 
 
 def python(code, *flags, **env):
@@ -94,7 +93,9 @@ def test_regular_wheel_ships_pth_hook_and_package(tmp_path):
     """`pip install .` (a regular wheel): the .pth and hook sit at the site-packages root beside the package."""
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     wheel = next(tmp_path.glob("llamafactory_clip-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
@@ -104,7 +105,9 @@ def test_regular_wheel_ships_pth_hook_and_package(tmp_path):
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    venv_site = next(p for p in sys.path if p.endswith("site-packages") and os.path.isdir(os.path.join(p, "llamafactory")))
+    venv_site = next(
+        p for p in sys.path if p.endswith("site-packages") and os.path.isdir(os.path.join(p, "llamafactory"))
+    )
     code = (  # -S: no site processing, so only the extracted wheel's .pth runs; LLaMA-Factory comes from venv_site
         f"import site, sys; site.addsitedir({str(site)!r}); sys.path.append({venv_site!r});"
         "import llamafactory.clip_finetune as c, llamafactory.train.tuner as t;"

@@ -3,12 +3,10 @@
 import json
 
 import torch
+from conftest import TINY_CLIP, base_args, i2t_args, read_json
+from llamafactory.train.tuner import run_exp
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor
-
-from llamafactory.train.tuner import run_exp
-
-from conftest import TINY_CLIP, base_args, i2t_args, read_json
 
 
 def changed(before, after, prefix):
@@ -33,8 +31,10 @@ def test_classification_full_finetune_trains_image_tower_only(tmp_path):
 
     model = CLIPModel.from_pretrained(out)  # a plain CLIP checkpoint
     processor = CLIPProcessor.from_pretrained(out)
-    assert torch.equal(model.vision_model.embeddings.patch_embedding.weight,
-                       after["vision_model.embeddings.patch_embedding.weight"].float())
+    assert torch.equal(
+        model.vision_model.embeddings.patch_embedding.weight,
+        after["vision_model.embeddings.patch_embedding.weight"].float(),
+    )
     assert processor.tokenizer("a photo of a dog.")["input_ids"] == [49406, 320, 1125, 539, 320, 1929, 269, 49407]
 
 
@@ -43,8 +43,8 @@ def test_zero_shot_evaluation_matches_a_manual_computation(tmp_path):
     run_exp(base_args(out, do_train=False, dataset=None, num_shots=None))
     accuracy = read_json(out / "all_results.json")["eval_accuracy"]
 
-    from llamafactory.clip_finetune.hparams import ClipDataArguments
     from llamafactory.clip_finetune.data import load_clip_datasets
+    from llamafactory.clip_finetune.hparams import ClipDataArguments
 
     model = CLIPModel.from_pretrained(TINY_CLIP, dtype=torch.float32).eval()  # stored as float16
     processor = CLIPProcessor.from_pretrained(TINY_CLIP)

@@ -3,12 +3,22 @@
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 
 FORMATTINGS = ("imagefolder", "table", "coop", "karpathy", "hf")
 TASKS = ("classification", "image_to_text")
-ENTRY_KEYS = {"task", "file_name", "hf_hub_url", "formatting", "split", "image_dir", "columns", "classnames", "templates"}
+ENTRY_KEYS = {
+    "task",
+    "file_name",
+    "hf_hub_url",
+    "formatting",
+    "split",
+    "image_dir",
+    "columns",
+    "classnames",
+    "templates",
+}
 DEFAULT_COLUMNS = {"image": "image", "label": "label", "captions": "captions"}
 
 
@@ -17,12 +27,12 @@ class DatasetAttr:
     name: str
     task: Literal["classification", "image_to_text"]
     formatting: str
-    path: Optional[str] = None  # file or folder, already joined with dataset_dir
-    hf_hub_url: Optional[str] = None
+    path: str | None = None  # file or folder, already joined with dataset_dir
+    hf_hub_url: str | None = None
     split: str = "train"
-    image_dir: Optional[str] = None
+    image_dir: str | None = None
     columns: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_COLUMNS))
-    classnames: Optional[list[str]] = None
+    classnames: list[str] | None = None
     templates: Any = None
 
     @property
@@ -42,7 +52,7 @@ def _infer_formatting(path: str) -> str:
     raise ValueError(f"Cannot tell the format of `{path}`: set `formatting` to one of {FORMATTINGS}.")
 
 
-def _read_classnames(value: Any, dataset_dir: str, name: str) -> Optional[list[str]]:
+def _read_classnames(value: Any, dataset_dir: str, name: str) -> list[str] | None:
     if value is None or isinstance(value, list):
         return value
     path = os.path.join(dataset_dir, value)

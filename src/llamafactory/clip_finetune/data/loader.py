@@ -2,10 +2,9 @@
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
-
 from llamafactory.extras import logging
 
 from ..hparams.data_args import split_names
@@ -22,15 +21,15 @@ logger = logging.get_logger(__name__)
 
 @dataclass
 class ClipDatasets:
-    train: Optional[Any]
-    eval: Optional[Any]
-    val: Optional[Any]
-    classnames: Optional[list[str]]
+    train: Any | None
+    eval: Any | None
+    val: Any | None
+    classnames: list[str] | None
     templates: list[str]
     spec: ImageSpec
 
 
-def _merge(attrs: list[DatasetAttr], max_samples: Optional[int]) -> Any:
+def _merge(attrs: list[DatasetAttr], max_samples: int | None) -> Any:
     parts = [read_samples(attr) for attr in attrs]
     if max_samples is not None:
         for part in parts:
@@ -38,7 +37,7 @@ def _merge(attrs: list[DatasetAttr], max_samples: Optional[int]) -> Any:
                 if key != "classnames":
                     setattr(part, key, getattr(part, key)[:max_samples])
     first = parts[0]
-    for attr, part in zip(attrs[1:], parts[1:]):
+    for attr, part in zip(attrs[1:], parts[1:], strict=True):
         if isinstance(part, ClassificationSamples) and part.classnames != first.classnames:
             raise ValueError(
                 f"{attr.where} has classes {part.classnames}, but {attrs[0].where} has {first.classnames}: "
@@ -89,7 +88,7 @@ def load_clip_datasets(data_args: Any, task: str, seed: int, image_processor: An
                 )
             _check_classes(part, splits[key], require_all=key == "train")
 
-    def build(key: str) -> Optional[Any]:
+    def build(key: str) -> Any | None:
         if key not in samples:
             return None
         transform = spec.train_transform() if key == "train" else spec.eval_transform()

@@ -8,7 +8,7 @@ import csv
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from llamafactory.extras import logging
 
@@ -51,7 +51,9 @@ def read_imagefolder(attr: DatasetAttr) -> ClassificationSamples:
         raise ValueError(f"{attr.where}: `{attr.path}` has no class folders (expected one folder per class).")
     classnames = attr.classnames or [_classname(folder) for folder in folders]
     if len(classnames) != len(folders):
-        raise ValueError(f"{attr.where}: {len(classnames)} classnames for {len(folders)} class folders in {attr.path}.")
+        raise ValueError(
+            f"{attr.where}: {len(classnames)} classnames for {len(folders)} class folders in {attr.path}."
+        )
     images, labels, skipped = [], [], 0
     for label, folder in enumerate(folders):
         names = sorted(os.listdir(os.path.join(attr.path, folder)))
@@ -107,14 +109,14 @@ def read_table(attr: DatasetAttr) -> Any:
     origins = [f"{attr.path} row {i + 1}" for i in range(len(rows))]
     paths = [
         _check_file(os.path.join(base, str(_column(row, attr.columns["image"], o, attr))), o, attr)
-        for row, o in zip(rows, origins)
+        for row, o in zip(rows, origins, strict=True)
     ]
     if attr.task == "classification":
-        raw = [_column(row, attr.columns["label"], o, attr) for row, o in zip(rows, origins)]
+        raw = [_column(row, attr.columns["label"], o, attr) for row, o in zip(rows, origins, strict=True)]
         classnames = attr.classnames or _string_classnames(raw, attr)
-        labels = [_label_index(value, classnames, o, attr) for value, o in zip(raw, origins)]
+        labels = [_label_index(value, classnames, o, attr) for value, o in zip(raw, origins, strict=True)]
         return ClassificationSamples(paths, labels, classnames, origins)
-    return _group_captions(paths, [_captions(row, o, attr) for row, o in zip(rows, origins)], origins)
+    return _group_captions(paths, [_captions(row, o, attr) for row, o in zip(rows, origins, strict=True)], origins)
 
 
 def _captions(row: dict[str, Any], origin: str, attr: DatasetAttr) -> list[str]:
@@ -129,7 +131,7 @@ def _group_captions(images: list[Any], captions: list[list[str]], origins: list[
     """Rows that repeat an image (one caption per row, as in CSVs) become one image with several captions."""
     index: dict[str, int] = {}
     out = CaptionSamples([], [], [])
-    for image, caps, origin in zip(images, captions, origins):
+    for image, caps, origin in zip(images, captions, origins, strict=True):
         key = image if isinstance(image, str) else None
         if key is not None and key in index:
             out.captions[index[key]] += caps
@@ -158,7 +160,7 @@ def read_coop(attr: DatasetAttr) -> ClassificationSamples:
     base = attr.image_dir or os.path.join(os.path.dirname(attr.path), "images")
     rows = splits[attr.split]
     origins = [f"{attr.path} {attr.split}[{i}]" for i in range(len(rows))]
-    images = [_check_file(os.path.join(base, row[0]), o, attr) for row, o in zip(rows, origins)]
+    images = [_check_file(os.path.join(base, row[0]), o, attr) for row, o in zip(rows, origins, strict=True)]
     return ClassificationSamples(images, [int(row[1]) for row in rows], classnames, origins)
 
 
@@ -171,7 +173,8 @@ def read_karpathy(attr: DatasetAttr) -> CaptionSamples:
     chosen = [e for e in entries if e.get("split") in wanted]
     origins = [f"{attr.path} image `{e.get('filename')}`" for e in chosen]
     images = [
-        _check_file(os.path.join(base, e.get("filepath", ""), e["filename"]), o, attr) for e, o in zip(chosen, origins)
+        _check_file(os.path.join(base, e.get("filepath", ""), e["filename"]), o, attr)
+        for e, o in zip(chosen, origins, strict=True)
     ]
     captions = [[s["raw"] for s in e["sentences"]] for e in chosen]
     return CaptionSamples(images, captions, origins)
@@ -195,15 +198,18 @@ def read_hf(attr: DatasetAttr) -> Any:
     images = data[image_col]
     origins = [f"{attr.where} row {i}" for i in range(len(data))]
     if attr.task == "image_to_text":
-        captions = [_captions(row, o, attr) for row, o in zip(data.select_columns([attr.columns["captions"]]), origins)]
+        captions = [
+            _captions(row, o, attr)
+            for row, o in zip(data.select_columns([attr.columns["captions"]]), origins, strict=True)
+        ]
         return CaptionSamples(images, captions, origins)
     label_col = attr.columns["label"]
     if label_col not in data.column_names:
         raise ValueError(f"{attr.where}: no label column `{label_col}` (columns: {data.column_names}).")
     feature = data.features[label_col]
     raw = data[label_col]
-    classnames: Optional[list[str]] = attr.classnames or getattr(feature, "names", None) or _string_classnames(raw, attr)
-    labels = [_label_index(value, classnames, o, attr) for value, o in zip(raw, origins)]
+    classnames: list[str] | None = attr.classnames or getattr(feature, "names", None) or _string_classnames(raw, attr)
+    labels = [_label_index(value, classnames, o, attr) for value, o in zip(raw, origins, strict=True)]
     return ClassificationSamples(images, labels, classnames, origins)
 
 

@@ -5,12 +5,14 @@ from typing import Any
 
 import torch
 from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 
-INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
-                 "nearest": InterpolationMode.NEAREST}
+INTERPOLATION = {
+    "bicubic": InterpolationMode.BICUBIC,
+    "bilinear": InterpolationMode.BILINEAR,
+    "nearest": InterpolationMode.NEAREST,
+}
 PIL_RESAMPLE = {3: "bicubic", 2: "bilinear", 0: "nearest"}
 
 

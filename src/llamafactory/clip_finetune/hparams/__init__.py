@@ -1,4 +1,4 @@
-"""Argument dataclasses. The parser (``hparams.parser``) imports LLaMA-Factory's heavy ``hparams``; import it directly."""
+"""Argument dataclasses. ``hparams.parser`` imports LLaMA-Factory's heavy ``hparams``: import it directly."""
 
 from .data_args import ClipDataArguments
 from .finetuning_args import ClipFinetuningArguments

@@ -1,12 +1,11 @@
 from dataclasses import dataclass, field
-from typing import Optional
 
 
 TRANSFORMS = ("random_resized_crop", "random_flip", "center_crop", "normalize")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 
-def split_names(value: Optional[str]) -> list[str]:
+def split_names(value: str | None) -> list[str]:
     return [name.strip() for name in value.split(",") if name.strip()] if value else []
 
 
@@ -14,28 +13,28 @@ def split_names(value: Optional[str]) -> list[str]:
 class ClipDataArguments:
     r"""Which datasets to read (from ``dataset_dir/dataset_info.json``) and how images become tensors."""
 
-    dataset: Optional[str] = field(default=None, metadata={"help": "Training dataset name(s), comma separated."})
-    eval_dataset: Optional[str] = field(default=None, metadata={"help": "Evaluation (test) dataset name(s)."})
-    val_dataset: Optional[str] = field(
+    dataset: str | None = field(default=None, metadata={"help": "Training dataset name(s), comma separated."})
+    eval_dataset: str | None = field(default=None, metadata={"help": "Evaluation (test) dataset name(s)."})
+    val_dataset: str | None = field(
         default=None,
         metadata={"help": "Validation dataset for model selection; with num_shots it keeps min(K, 4) per class."},
     )
     dataset_dir: str = field(default="data", metadata={"help": "Folder holding dataset_info.json."})
-    num_shots: Optional[int] = field(default=None, metadata={"help": "K training images per class (all if unset)."})
-    templates: Optional[list[str]] = field(
+    num_shots: int | None = field(default=None, metadata={"help": "K training images per class (all if unset)."})
+    templates: list[str] | None = field(
         default=None,
         metadata={"help": "Prompt templates with one `{}` for the class name; several are averaged."},
     )
-    image_size: Optional[int] = field(default=None, metadata={"help": "Input size (default: the processor's)."})
-    interpolation: Optional[str] = field(default=None, metadata={"help": "bicubic, bilinear or nearest."})
-    image_mean: Optional[list[float]] = field(default=None, metadata={"help": "Per-channel mean (RGB, 0..1)."})
-    image_std: Optional[list[float]] = field(default=None, metadata={"help": "Per-channel std (RGB, 0..1)."})
+    image_size: int | None = field(default=None, metadata={"help": "Input size (default: the processor's)."})
+    interpolation: str | None = field(default=None, metadata={"help": "bicubic, bilinear or nearest."})
+    image_mean: list[float] | None = field(default=None, metadata={"help": "Per-channel mean (RGB, 0..1)."})
+    image_std: list[float] | None = field(default=None, metadata={"help": "Per-channel std (RGB, 0..1)."})
     train_transforms: list[str] = field(
         default_factory=lambda: ["random_resized_crop", "random_flip", "normalize"],
         metadata={"help": f"Training transforms, from {TRANSFORMS}."},
     )
     max_caption_length: int = field(default=77, metadata={"help": "Captions are truncated to this many tokens."})
-    max_samples: Optional[int] = field(default=None, metadata={"help": "Keep at most this many samples per dataset."})
+    max_samples: int | None = field(default=None, metadata={"help": "Keep at most this many samples per dataset."})
 
     def __post_init__(self):
         if self.num_shots is not None and self.num_shots < 1:

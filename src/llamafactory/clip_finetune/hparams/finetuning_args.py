@@ -1,5 +1,5 @@
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 
 @dataclass
@@ -12,7 +12,7 @@ class ClipFinetuningArguments:
     )
     finetuning_type: Literal["full"] = field(default="full", metadata={"help": "Which parameters train."})
     freeze_vision_tower: bool = field(default=False, metadata={"help": "Keep the image tower frozen."})
-    freeze_text_tower: Optional[bool] = field(
+    freeze_text_tower: bool | None = field(
         default=None,
         metadata={"help": "Keep the text tower frozen (default: true for classification, false for image_to_text)."},
     )

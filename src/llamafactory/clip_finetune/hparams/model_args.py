@@ -1,5 +1,5 @@
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 
 # OpenAI CLIP backbone names (as in Dassl/CoOp configs and the `clip` package) -> Hugging Face checkpoints.
@@ -27,9 +27,11 @@ class ClipModelArguments:
 
     model_name_or_path: str = field(
         default="openai/clip-vit-base-patch16",
-        metadata={"help": "A Hugging Face CLIP checkpoint, a local directory, or ViT-B/16, ViT-B/32, ViT-L/14(@336px)."},
+        metadata={
+            "help": "A Hugging Face CLIP checkpoint, a local directory, or ViT-B/16, ViT-B/32, ViT-L/14(@336px)."
+        },
     )
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "Where to cache hub downloads."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache hub downloads."})
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = field(
         default="sdpa", metadata={"help": "Attention kernel of the CLIP towers."}

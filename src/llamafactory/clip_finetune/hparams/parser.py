@@ -8,14 +8,13 @@ import dataclasses
 import difflib
 import json
 import os
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import transformers
-from transformers import HfArgumentParser
-from transformers.trainer_utils import get_last_checkpoint
-
 from llamafactory.extras import logging
 from llamafactory.hparams import TrainingArguments
+from transformers import HfArgumentParser
+from transformers.trainer_utils import get_last_checkpoint
 
 from .data_args import ClipDataArguments
 from .finetuning_args import ClipFinetuningArguments
@@ -29,7 +28,7 @@ CLIP_ARGS = (ClipModelArguments, ClipDataArguments, TrainingArguments, ClipFinet
 ClipArgs = tuple[ClipModelArguments, ClipDataArguments, TrainingArguments, ClipFinetuningArguments]
 
 
-def with_stage_defaults(args: Union[dict[str, Any], list[str]]) -> Union[dict[str, Any], list[str]]:
+def with_stage_defaults(args: dict[str, Any] | list[str]) -> dict[str, Any] | list[str]:
     if isinstance(args, dict):
         return {**STAGE_DEFAULTS, **args}
     given = {item.split("=")[0].lstrip("-") for item in args if item.startswith("--")}
@@ -60,7 +59,7 @@ def check_choices(parsed: Any) -> None:
             raise ValueError(f"{name}: `{getattr(parsed, name)}` is not one of {list(get_args(hint))}.")
 
 
-def _parse(args: Union[dict[str, Any], list[str]]) -> ClipArgs:
+def _parse(args: dict[str, Any] | list[str]) -> ClipArgs:
     parser = HfArgumentParser(CLIP_ARGS, allow_abbrev=False)
     if isinstance(args, dict):
         unknown = [key for key in args if key not in set(valid_keys())]
@@ -113,7 +112,7 @@ def _detect_checkpoint(training_args) -> None:
         )
 
 
-def get_clip_train_args(args: Union[dict[str, Any], list[str]]) -> ClipArgs:
+def get_clip_train_args(args: dict[str, Any] | list[str]) -> ClipArgs:
     model_args, data_args, training_args, finetuning_args = _parse(with_stage_defaults(args))
     _check(model_args, data_args, training_args, finetuning_args)
     _detect_checkpoint(training_args)

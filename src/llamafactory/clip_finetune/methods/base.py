@@ -2,9 +2,8 @@
 
 from typing import Any
 
-from torch import nn
-
 from llamafactory.extras import logging
+from torch import nn
 
 
 logger = logging.get_logger(__name__)
@@ -19,7 +18,8 @@ def log_trainable(model: nn.Module) -> None:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info_rank0(
-        f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / max(total, 1):.4f}"
+        f"trainable params: {trainable:,} || all params: {total:,} "
+        f"|| trainable%: {100 * trainable / max(total, 1):.4f}"
     )
     logger.debug("trainable parameters: " + ", ".join(n for n, p in model.named_parameters() if p.requires_grad))
 

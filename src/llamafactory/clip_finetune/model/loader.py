@@ -3,9 +3,8 @@
 from typing import Any
 
 import torch
-from transformers import AutoConfig, CLIPConfig, CLIPModel, CLIPProcessor
-
 from llamafactory.extras import logging
+from transformers import AutoConfig, CLIPConfig, CLIPModel, CLIPProcessor
 
 
 logger = logging.get_logger(__name__)

@@ -1,6 +1,6 @@
 """The module the Trainer trains: a CLIP model, on-device normalization, and a task that defines the loss."""
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ class ClipTaskModel(nn.Module):
         self.normalize = spec.normalize
         self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
-        self._mode_set: Optional[bool] = None
+        self._mode_set: bool | None = None
 
     def train(self, mode: bool = True) -> "ClipTaskModel":
         """The HF Trainer calls ``train()`` before every step, and walking every submodule is a visible share of a
@@ -39,7 +39,7 @@ class ClipTaskModel(nn.Module):
     def config(self):
         return self.clip.config
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict[str, Any]] = None) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
         self.clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
     def pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -63,9 +63,10 @@ class ClipTaskModel(nn.Module):
     def forward(
         self,
         pixel_values: torch.Tensor,
-        labels: Optional[torch.Tensor] = None,
-        input_ids: Optional[torch.Tensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
+        labels: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        return self.task(self, pixel_values=pixel_values, labels=labels, input_ids=input_ids,
-                         attention_mask=attention_mask)
+        return self.task(
+            self, pixel_values=pixel_values, labels=labels, input_ids=input_ids, attention_mask=attention_mask
+        )

@@ -1,6 +1,7 @@
 """Image classification: cosine logits against class-prompt text features, cross-entropy, top-1/top-5."""
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +28,12 @@ class ClassificationTask(nn.Module):
         self.register_buffer("class_features", torch.empty(0), persistent=False)
 
     def encode_classes(self, model: nn.Module, chunk: int = 1024) -> torch.Tensor:
-        feats = torch.cat([
-            model.text_features(self.prompt_ids[i : i + chunk], self.prompt_mask[i : i + chunk])
-            for i in range(0, len(self.prompt_ids), chunk)
-        ])
+        feats = torch.cat(
+            [
+                model.text_features(self.prompt_ids[i : i + chunk], self.prompt_mask[i : i + chunk])
+                for i in range(0, len(self.prompt_ids), chunk)
+            ]
+        )
         feats = feats.view(len(self.classnames), len(self.templates), -1).mean(dim=1)
         return F.normalize(feats, dim=-1)
 
@@ -55,7 +58,9 @@ class ClassificationTask(nn.Module):
         return out
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], gather: Callable, dataset) -> dict:
+    def evaluate(
+        self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], gather: Callable, dataset
+    ) -> dict:
         if self.text_trainable:
             self.class_features = self.encode_classes(model).float()
         weights = self.class_features

@@ -1,6 +1,7 @@
 """Image-to-text retrieval: symmetric InfoNCE on image-caption batches, Recall@1/5/10 both ways."""
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,12 +52,18 @@ class ImageToTextTask(nn.Module):
         return None
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], gather: Callable, dataset) -> dict:
+    def evaluate(
+        self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], gather: Callable, dataset
+    ) -> dict:
         images = torch.cat([gather(model.image_features(batch["pixel_values"]).float()) for batch in batches])
         device = images.device
         chunk = 1024
-        texts = torch.cat([
-            model.text_features(dataset.input_ids[i : i + chunk].to(device), dataset.attention_mask[i : i + chunk].to(device))
-            for i in range(0, len(dataset.input_ids), chunk)
-        ]).float()
+        texts = torch.cat(
+            [
+                model.text_features(
+                    dataset.input_ids[i : i + chunk].to(device), dataset.attention_mask[i : i + chunk].to(device)
+                )
+                for i in range(0, len(dataset.input_ids), chunk)
+            ]
+        ).float()
         return recall_at_k(images @ texts.t(), dataset.caption_image)

@@ -2,15 +2,14 @@
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from accelerate.utils import DistributedType
+from llamafactory.extras import logging
+from safetensors.torch import load_file
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
-
-from llamafactory.extras import logging
 
 
 logger = logging.get_logger(__name__)
@@ -34,7 +33,7 @@ class ClipTrainer(Trainer):
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
 
-    def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         clip = self.accelerator.unwrap_model(self.model).clip
@@ -45,7 +44,7 @@ class ClipTrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[torch.nn.Module] = None) -> None:
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         clip = self.accelerator.unwrap_model(model or self.model).clip
         index = os.path.join(resume_from_checkpoint, SAFE_INDEX)
         if os.path.isfile(index):
@@ -65,7 +64,7 @@ class ClipTrainer(Trainer):
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def evaluate(
-        self, eval_dataset: Optional[Any] = None, ignore_keys: Optional[list[str]] = None, metric_key_prefix: str = "eval"
+        self, eval_dataset: Any | None = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         model = self.model

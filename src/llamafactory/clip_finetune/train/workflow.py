@@ -1,6 +1,6 @@
 """Wire the clip stage: arguments -> model -> data -> method -> Trainer -> train / evaluate / save."""
 
-from typing import Any, Optional
+from typing import Any
 
 from llamafactory.extras import logging
 from llamafactory.extras.ploting import plot_loss
@@ -25,7 +25,7 @@ def build_task(finetuning_args: Any, datasets: Any, tokenizer: Any, clip: Any):
     return ImageToTextTask()
 
 
-def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: Optional[list[Any]] = None) -> None:
+def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: list[Any] | None = None) -> None:
     clip, processor = load_clip(model_args)
     datasets = load_clip_datasets(
         data_args, finetuning_args.clip_task, training_args.seed, processor.image_processor, processor.tokenizer
