@@ -180,3 +180,20 @@ def test_unknown_dataset_lists_the_known_ones(processor):
     args = ClipDataArguments(dataset="fashion", dataset_dir=str(DATA_DIR))
     with pytest.raises(ValueError, match="dataset `fashion` is not in .*it has: emoji_captions_test"):
         load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
+
+
+def test_karpathy_caption_file_takes_restval_into_train(processor, data_copy):
+    names = fm_images(data_copy, "coat")[:3]
+    entries = [
+        {"filepath": "fm/coat", "filename": names[0], "split": "train", "sentences": [{"raw": "a coat"}]},
+        {"filepath": "fm/coat", "filename": names[1], "split": "restval", "sentences": [{"raw": "a long coat"}]},
+        {"filepath": "fm/coat", "filename": names[2], "split": "test", "sentences": [{"raw": "x"}, {"raw": "y"}]},
+    ]
+    (data_copy / "dataset_k.json").write_text(json.dumps({"images": entries}))
+    info = {
+        "k_train": {"task": "image_to_text", "file_name": "dataset_k.json", "formatting": "karpathy"},
+        "k_test": {"task": "image_to_text", "file_name": "dataset_k.json", "formatting": "karpathy", "split": "test"},
+    }
+    ds = load(processor, data_copy, info, task="image_to_text", dataset="k_train", eval_dataset="k_test")
+    assert ds.train.samples.captions == [["a coat"], ["a long coat"]]
+    assert ds.eval.samples.captions == [["x", "y"]] and ds.eval.caption_image.tolist() == [0, 0]
