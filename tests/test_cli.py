@@ -19,28 +19,56 @@ TINY = [
 ]
 
 
+CLASSIFICATION = ["num_shots=2"]
+I2T = [
+    "clip_task=image_to_text",
+    "dataset=emoji_captions_train",
+    "eval_dataset=emoji_captions_test",
+    "num_shots=null",
+    "max_samples=32",
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("example", ["full.yaml", "i2t_full.yaml"])
-def test_examples_run_with_the_tiny_checkpoint(tmp_path, example):
-    extra = ["num_shots=2"] if example == "full.yaml" else ["max_samples=32"]
+@pytest.mark.parametrize(
+    "example, extra",
+    [
+        ("full.yaml", CLASSIFICATION),
+        ("i2t_full.yaml", ["max_samples=32"]),
+        ("abs.yaml", [*I2T, "num_train_epochs=2"]),
+        ("bias.yaml", CLASSIFICATION),
+        ("bias.yaml", I2T),
+    ],
+)
+def test_examples_run_with_the_tiny_checkpoint(tmp_path, example, extra):
     out = run_cli(["train", str(ROOT / "examples" / "clip" / example), f"output_dir={tmp_path}", *TINY, *extra])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     results = read_json(tmp_path / "all_results.json")
-    assert "eval_accuracy" in results if example == "full.yaml" else "eval_i2t_r1" in results
+    assert (
+        "eval_i2t_r1" in results
+        if "clip_task=image_to_text" in extra or example == "i2t_full.yaml"
+        else ("eval_accuracy" in results)
+    )
     assert (tmp_path / "trainer_log.jsonl").is_file() and (tmp_path / "training_loss.png").is_file()
+    if example == "abs.yaml":
+        assert any(unit["kept"] for unit in read_json(tmp_path / "abs_selection.json")["units"])
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
-    """FORCE_TORCHRUN: LLaMA-Factory re-runs its launcher.py under torchrun; the hook routes both ranks."""
+    """FORCE_TORCHRUN: LLaMA-Factory re-runs its launcher.py under torchrun; the hook routes both ranks.
+
+    With ABS, both ranks select the same units (the callback compares them across ranks) and DDP keeps working
+    after parameters are frozen mid-run."""
     out = run_cli(
         [
             "train",
-            str(ROOT / "examples" / "clip" / "full.yaml"),
+            str(ROOT / "examples" / "clip" / "abs.yaml"),
             f"output_dir={tmp_path}",
             *TINY,
             "num_shots=4",
             "per_device_eval_batch_size=32",
+            "num_train_epochs=2",
         ],
         env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"},
     )
@@ -48,7 +76,9 @@ def test_torchrun_two_processes(tmp_path):
     assert out.returncode == 0, log[-4000:]
     assert "Process rank: 0, world size: 2" in log and "Process rank: 1, world size: 2" in log
     state = read_json(tmp_path / "trainer_state.json")
-    assert state["global_step"] == 3  # 40 images / (8 per device x 2 ranks), rounded up
+    assert state["global_step"] == 6  # 2 epochs of 40 images / (8 per device x 2 ranks), rounded up
+    assert "abs: the selection is identical on all 2 ranks." in log
+    assert read_json(tmp_path / "abs_selection.json")["step"] == 3
     assert (tmp_path / "model.safetensors").is_file() and "eval_accuracy" in read_json(tmp_path / "all_results.json")
 
 

@@ -10,7 +10,7 @@ class ClipFinetuningArguments:
     clip_task: Literal["classification", "image_to_text"] = field(
         default="classification", metadata={"help": "Image classification or image-to-text retrieval."}
     )
-    finetuning_type: Literal["full"] = field(default="full", metadata={"help": "Which parameters train."})
+    finetuning_type: Literal["full", "bias"] = field(default="full", metadata={"help": "Which parameters train."})
     freeze_vision_tower: bool = field(default=False, metadata={"help": "Keep the image tower frozen."})
     freeze_text_tower: bool | None = field(
         default=None,
@@ -20,7 +20,35 @@ class ClipFinetuningArguments:
         default=False, metadata={"help": "Learn the logit scale (default: keep the checkpoint's, train and eval)."}
     )
     plot_loss: bool = field(default=False, metadata={"help": "Save the training loss curve."})
+    bias_terms: list[str] | None = field(
+        default=None, metadata={"help": "bias: only biases whose name contains one of these strings train."}
+    )
+    bias_terms_exclude: list[str] | None = field(
+        default=None, metadata={"help": "bias: biases whose name contains one of these strings do not train."}
+    )
+    abs: bool = field(default=False, metadata={"help": "Angle-Based Selection of the layers that keep training."})
+    abs_top: bool = field(default=True, metadata={"help": "Keep the largest angles (false: the smallest)."})
+    abs_group: bool = field(default=True, metadata={"help": "Keep abs_keep units per name group (false: overall)."})
+    abs_group_name: list[str] = field(
+        default_factory=lambda: ["k_proj", "v_proj", "q_proj"],
+        metadata={"help": "A unit whose name contains the i-th string is in group i; all others in the last group."},
+    )
+    abs_keep: int = field(default=5, metadata={"help": "Units kept per group (or overall)."})
+    abs_warmup_epochs: float | None = field(
+        default=None,
+        metadata={"help": "Epochs of full training before the selection (default: the schedule's warmup, >= 1)."},
+    )
 
     def __post_init__(self):
         if self.freeze_text_tower is None:
             self.freeze_text_tower = self.clip_task == "classification"
+        if self.finetuning_type != "bias" and (self.bias_terms or self.bias_terms_exclude):
+            raise ValueError("bias_terms / bias_terms_exclude apply to finetuning_type: bias.")
+        if self.abs and self.finetuning_type not in ("full", "bias"):
+            raise ValueError(
+                f"abs selects among existing weights: use it with full or bias, not {self.finetuning_type}."
+            )
+        if self.abs_keep < 1:
+            raise ValueError(f"abs_keep must be at least 1, got {self.abs_keep}.")
+        if self.abs_warmup_epochs is not None and self.abs_warmup_epochs <= 0:
+            raise ValueError(f"abs_warmup_epochs must be positive, got {self.abs_warmup_epochs}.")

@@ -116,6 +116,8 @@ def get_clip_train_args(args: dict[str, Any] | list[str]) -> ClipArgs:
     model_args, data_args, training_args, finetuning_args = _parse(with_stage_defaults(args))
     _check(model_args, data_args, training_args, finetuning_args)
     _detect_checkpoint(training_args)
+    if training_args.ddp_find_unused_parameters is None:  # only ABS stops gradients of some parameters mid-run
+        training_args.ddp_find_unused_parameters = finetuning_args.abs
 
     if training_args.should_log:
         transformers.utils.logging.set_verbosity_info()

@@ -1,9 +1,10 @@
 """One registry from ``finetuning_type`` to a method: what trains, on top of any task."""
 
+from .bias import BiasMethod
 from .full import FullMethod
 
 
-METHODS = {"full": FullMethod}
+METHODS = {"full": FullMethod, "bias": BiasMethod}
 
 
 def get_method(finetuning_type: str):

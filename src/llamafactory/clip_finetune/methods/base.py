@@ -24,6 +24,16 @@ def log_trainable(model: nn.Module) -> None:
     logger.debug("trainable parameters: " + ", ".join(n for n, p in model.named_parameters() if p.requires_grad))
 
 
+def tower_modules(clip: nn.Module, finetuning_args: Any) -> list[nn.Module]:
+    """The towers a method may train: the image tower unless frozen, the text tower unless frozen."""
+    modules = []
+    if not finetuning_args.freeze_vision_tower:
+        modules += [clip.vision_model, clip.visual_projection]
+    if not finetuning_args.freeze_text_tower:
+        modules += [clip.text_model, clip.text_projection]
+    return modules
+
+
 class Method:
     """``prepare`` receives the loaded CLIPModel and returns the module to train (the same or a PEFT wrapper)."""
 
@@ -32,5 +42,7 @@ class Method:
     def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
         raise NotImplementedError
 
-    def callbacks(self, finetuning_args: Any, training_args: Any) -> list[Any]:
-        return []
+    @staticmethod
+    def check_trainable(clip: nn.Module, training_args: Any, why: str = "both towers are frozen") -> None:
+        if training_args.do_train and not any(p.requires_grad for p in clip.parameters()):
+            raise ValueError(f"Nothing to train: {why}.")

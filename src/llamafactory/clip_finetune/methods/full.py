@@ -4,7 +4,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Method, set_trainable
+from .base import Method, set_trainable, tower_modules
 
 
 class FullMethod(Method):
@@ -12,13 +12,8 @@ class FullMethod(Method):
 
     def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
         set_trainable(clip, False)
-        if not finetuning_args.freeze_vision_tower:
-            set_trainable(clip.vision_model, True)
-            set_trainable(clip.visual_projection, True)
-        if not finetuning_args.freeze_text_tower:
-            set_trainable(clip.text_model, True)
-            set_trainable(clip.text_projection, True)
+        for module in tower_modules(clip, finetuning_args):
+            set_trainable(module, True)
         clip.logit_scale.requires_grad_(finetuning_args.train_logit_scale)
-        if training_args.do_train and not any(p.requires_grad for p in clip.parameters()):
-            raise ValueError("Nothing to train: freeze_vision_tower and freeze_text_tower are both true.")
+        self.check_trainable(clip, training_args)
         return clip

@@ -9,6 +9,7 @@ from llamafactory.train.callbacks import LogCallback
 from ..data import load_clip_datasets
 from ..hparams.parser import get_clip_train_args
 from ..methods import get_method
+from ..methods.abs import abs_callback
 from ..methods.base import log_trainable
 from ..model import ClipTaskModel, load_clip
 from ..tasks import ClassificationTask, ImageToTextTask
@@ -32,6 +33,9 @@ def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: l
     )
     method = get_method(finetuning_args.finetuning_type)
     clip = method.prepare(clip, finetuning_args, training_args)
+    callbacks = list(callbacks or [])
+    if finetuning_args.abs and training_args.do_train:
+        callbacks.append(abs_callback(clip, finetuning_args, training_args))
     model = ClipTaskModel(clip, build_task(finetuning_args, datasets, processor.tokenizer, clip), datasets.spec)
     log_trainable(model)
 
@@ -41,7 +45,7 @@ def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: l
         train_dataset=datasets.train,
         eval_dataset=datasets.eval,
         processing_class=processor,
-        callbacks=(callbacks or []) + method.callbacks(finetuning_args, training_args),
+        callbacks=callbacks,
     )
 
     if training_args.do_train:
