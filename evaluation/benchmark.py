@@ -30,6 +30,7 @@ from llamafactory.clip_finetune.data.transforms import ImageSpec
 from llamafactory.clip_finetune.hparams import ClipDataArguments, ClipFinetuningArguments
 from llamafactory.clip_finetune.hparams.training_defaults import STAGE_DEFAULTS
 from llamafactory.clip_finetune.methods import get_method
+from llamafactory.clip_finetune.methods.abs import AbsCallback
 from llamafactory.clip_finetune.model import ClipTaskModel
 from llamafactory.clip_finetune.tasks import ClassificationTask
 from llamafactory.clip_finetune.train.trainer import ClipTrainer
@@ -95,6 +96,35 @@ def build_task_model(clip: CLIPModel, processor: CLIPProcessor, size: int) -> Cl
     return ClipTaskModel(clip, ClassificationTask(CLASSES, ["a photo of a {}."], processor.tokenizer, False), spec)
 
 
+def state_bytes(optimizer, model) -> int:
+    """Bytes of optimizer state plus gradients held right now."""
+    total = sum(
+        t.numel() * t.element_size() for st in optimizer.state.values() for t in st.values() if torch.is_tensor(t)
+    )
+    return total + sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+
+
+class AbsProbe(TrainerCallback):
+    """Around the ABS selection: peak device memory and optimizer+gradient bytes before and after it."""
+
+    def __init__(self, select_step: int):
+        self.select_step, self.results = select_step, {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        phase = "before" if state.global_step < self.select_step else "after"
+        self.results[f"abs_state_mib_{phase}"] = round(state_bytes(optimizer, model) / 2**20, 1)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available() and state.global_step == self.select_step:
+            self.results["abs_peak_gib_before"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if torch.cuda.is_available():
+            self.results["abs_peak_gib_after"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        self.results["abs_trainable_after"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 class StepTimer(TrainerCallback):
     def __init__(self, warmup: int):
         self.warmup, self.start, self.end = warmup, None, None
@@ -135,7 +165,15 @@ def run_stage(model, data, opts, device) -> float:
         **STAGE_DEFAULTS,
     )
     timer = StepTimer(opts.warmup)
-    trainer = ClipTrainer(model=model, args=args, train_dataset=data, callbacks=[timer])
+    callbacks = [timer]
+    if opts.abs_keep:  # select at the end of the untimed warm-up: the timed steps run on the kept units only
+        steps_per_epoch = len(data) // opts.batch_size
+        abs_args = ClipFinetuningArguments(
+            abs=True, abs_keep=opts.abs_keep, abs_warmup_epochs=opts.warmup / steps_per_epoch
+        )
+        opts.abs_probe = AbsProbe(opts.warmup)
+        callbacks = [AbsCallback(model.clip, abs_args), opts.abs_probe, timer]
+    trainer = ClipTrainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
     trainer.train()
     return opts.steps * opts.batch_size / (timer.end - timer.start)
 
@@ -205,6 +243,9 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--attn", default="sdpa")
+    parser.add_argument(
+        "--abs_keep", type=int, default=0, help="stage side: full finetune with ABS keeping K per group"
+    )
     parser.add_argument("--output_dir", default="/tmp/clip-benchmark")
     opts = parser.parse_args()
     device = torch.device("cpu" if opts.tiny or not torch.cuda.is_available() else "cuda")
@@ -241,6 +282,8 @@ def main() -> None:
     for name, values in speeds.items():
         results[f"{name}_images_per_s"] = round(statistics.median(values), 1)
     results["ratio"] = round(results["stage_images_per_s"] / results["plain_images_per_s"], 3)
+    if opts.abs_keep:
+        results.update(abs_keep=opts.abs_keep, **opts.abs_probe.results)
     print(json.dumps(results))
 
 
