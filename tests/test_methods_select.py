@@ -6,12 +6,10 @@ Each test compares the saved model to the starting weights: exactly the intended
 import math
 
 import torch
+from conftest import TINY_CLIP, base_args, i2t_args, read_json
+from llamafactory.train.tuner import run_exp
 from safetensors.torch import load_file
 from transformers import TrainerCallback
-
-from llamafactory.train.tuner import run_exp
-
-from conftest import TINY_CLIP, base_args, i2t_args, read_json
 
 
 START = {k: v.float() for k, v in load_file(TINY_CLIP / "model.safetensors").items()}

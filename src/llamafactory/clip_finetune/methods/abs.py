@@ -38,6 +38,7 @@ def trainable_units(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]
 
 
 def unit_angle(start: list[torch.Tensor], now: list[torch.Tensor]) -> float:
+    start = [a.to(b.device) for a, b in zip(start, now, strict=True)]  # the snapshot is kept on the CPU
     dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(start, now, strict=True))
     norm0 = math.sqrt(sum(float(a.double().pow(2).sum()) for a in start))
     norm1 = math.sqrt(sum(float(b.double().pow(2).sum()) for b in now))
