@@ -16,6 +16,7 @@ TINY = [
     "per_device_train_batch_size=8",
     "logging_steps=1",
     "save_steps=10000",
+    "image_size=32",
 ]
 
 

@@ -197,3 +197,25 @@ def test_karpathy_caption_file_takes_restval_into_train(processor, data_copy):
     ds = load(processor, data_copy, info, task="image_to_text", dataset="k_train", eval_dataset="k_test")
     assert ds.train.samples.captions == [["a coat"], ["a long coat"]]
     assert ds.eval.samples.captions == [["x", "y"]] and ds.eval.caption_image.tolist() == [0, 0]
+
+
+def test_subsample_classes_base_and_new_split_the_classes_coop_style(processor):
+    common = dict(dataset="fashion_mnist_train", eval_dataset="fashion_mnist_test", dataset_dir=str(DATA_DIR))
+    base = load_clip_datasets(
+        ClipDataArguments(subsample_classes="base", **common),
+        "classification",
+        0,
+        processor.image_processor,
+        processor.tokenizer,
+    )
+    new = load_clip_datasets(
+        ClipDataArguments(subsample_classes="new", **common),
+        "classification",
+        0,
+        processor.image_processor,
+        processor.tokenizer,
+    )
+    assert base.classnames == ["ankle boot", "bag", "coat", "dress", "pullover"]
+    assert new.classnames == ["sandal", "shirt", "sneaker", "t-shirt", "trouser"]
+    assert base.train.labels.unique().tolist() == [0, 1, 2, 3, 4] == new.eval.labels.unique().tolist()
+    assert len(base.train) == 200 and len(new.eval) == 100

@@ -1,5 +1,6 @@
 """Turn ``dataset`` / ``eval_dataset`` / ``val_dataset`` names into torch datasets for one task."""
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,21 @@ def _templates(data_args: Any, attrs: list[DatasetAttr]) -> list[str]:
     return resolve_templates(None, attr.where)
 
 
+def subsample_classes(samples: ClassificationSamples, which: str) -> ClassificationSamples:
+    """CoOp's base-to-new split: base = the first ceil(N/2) classes, new = the rest, relabeled from 0."""
+    if which == "all":
+        return samples
+    half = math.ceil(len(samples.classnames) / 2)
+    low, high = (0, half) if which == "base" else (half, len(samples.classnames))
+    keep = [i for i, label in enumerate(samples.labels) if low <= label < high]
+    return ClassificationSamples(
+        [samples.images[i] for i in keep],
+        [samples.labels[i] - low for i in keep],
+        samples.classnames[low:high],
+        [samples.origins[i] for i in keep],
+    )
+
+
 def _check_classes(samples: ClassificationSamples, attr_names: str, require_all: bool) -> None:
     counts = torch.bincount(torch.tensor(samples.labels, dtype=torch.long), minlength=len(samples.classnames))
     empty = [samples.classnames[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
@@ -74,6 +90,8 @@ def load_clip_datasets(data_args: Any, task: str, seed: int, image_processor: An
     splits = {"train": data_args.dataset, "eval": data_args.eval_dataset, "val": data_args.val_dataset}
     attrs = {key: get_dataset_attrs(split_names(v), data_args.dataset_dir, task) for key, v in splits.items() if v}
     samples = {key: _merge(value, data_args.max_samples) for key, value in attrs.items()}
+    if task == "classification":
+        samples = {key: subsample_classes(value, data_args.subsample_classes) for key, value in samples.items()}
     first_attrs = next(iter(attrs.values()))
     templates = _templates(data_args, first_attrs)
 

@@ -1,4 +1,5 @@
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 TRANSFORMS = ("random_resized_crop", "random_flip", "center_crop", "normalize")
@@ -34,6 +35,10 @@ class ClipDataArguments:
         metadata={"help": f"Training transforms, from {TRANSFORMS}."},
     )
     max_caption_length: int = field(default=77, metadata={"help": "Captions are truncated to this many tokens."})
+    subsample_classes: Literal["all", "base", "new"] = field(
+        default="all",
+        metadata={"help": "CoOp base-to-new: base keeps the first half of the classes (rounded up), new the rest."},
+    )
     max_samples: int | None = field(default=None, metadata={"help": "Keep at most this many samples per dataset."})
 
     def __post_init__(self):

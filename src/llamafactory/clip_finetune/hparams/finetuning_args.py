@@ -1,10 +1,12 @@
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .optim_args import ClipOptimArguments
+
 
 @dataclass
-class ClipFinetuningArguments:
-    r"""The stage, the task and the method (which parameters train)."""
+class ClipFinetuningArguments(ClipOptimArguments):
+    r"""The stage, the task, the method (which parameters train), and the Dassl-compatible optimizer/schedule."""
 
     stage: Literal["clip"] = field(default="clip", metadata={"help": "Must be `clip` for this stage."})
     clip_task: Literal["classification", "image_to_text"] = field(
@@ -40,6 +42,10 @@ class ClipFinetuningArguments:
     )
 
     def __post_init__(self):
+        if self.warmup_epochs and not self.epoch_lr_schedule:
+            raise ValueError(
+                "warmup_epochs belongs to epoch_lr_schedule: true (else use warmup_steps / warmup_ratio)."
+            )
         if self.freeze_text_tower is None:
             self.freeze_text_tower = self.clip_task == "classification"
         if self.finetuning_type != "bias" and (self.bias_terms or self.bias_terms_exclude):

@@ -40,7 +40,44 @@ def with_stage_defaults(args: dict[str, Any] | list[str]) -> dict[str, Any] | li
 
 
 def valid_keys() -> list[str]:
-    return sorted({f.name for cls in CLIP_ARGS for f in dataclasses.fields(cls) if f.init})
+    return sorted({f.name for cls in CLIP_ARGS for f in dataclasses.fields(cls) if f.init} | {"clip_config"})
+
+
+def _argv_tokens(key: str, value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [f"--{key}", *[str(v) for v in value]]
+    return [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+
+
+def with_clip_config(args: dict[str, Any] | list[str]) -> dict[str, Any] | list[str]:
+    """Merge a Dassl-style ``clip_config`` under the keys given explicitly (they win); log where each came from."""
+    from ..dassl import translate_files
+
+    if isinstance(args, dict):
+        if "clip_config" not in args:
+            return args
+        given = {k: v for k, v in args.items() if k != "clip_config"}
+        translation = translate_files(args["clip_config"])
+        merged = {**translation.values, **given}
+    else:
+        args = list(args)
+        flags = [i for i, item in enumerate(args) if item == "--clip_config" or item.startswith("--clip_config=")]
+        if not flags:
+            return args
+        i = flags[0]
+        path = args[i].split("=", 1)[1] if "=" in args[i] else args[i + 1]
+        rest = args[:i] + args[i + (1 if "=" in args[i] else 2) :]
+        given = {item.split("=")[0].lstrip("-"): None for item in rest if item.startswith("--")}
+        translation = translate_files(path)
+        merged = [tok for k, v in translation.values.items() if k not in given for tok in _argv_tokens(k, v)] + rest
+    for key, value in translation.values.items():
+        origin = translation.source[key]
+        if key in given:
+            final = "" if given[key] is None else f" = {given[key]!r}"
+            logger.info_rank0(f"clip_config: {key}{final} (yaml/command line; overrides {origin} = {value!r})")
+        else:
+            logger.info_rank0(f"clip_config: {key} = {value!r} (from {origin})")
+    return merged
 
 
 def unknown_key_error(keys: list[str]) -> ValueError:
@@ -88,6 +125,12 @@ def _check(model_args, data_args, training_args, finetuning_args) -> None:
         raise ValueError("do_eval needs `eval_dataset` (a name from dataset_info.json in dataset_dir).")
     if data_args.num_shots is not None and finetuning_args.clip_task != "classification":
         raise ValueError("num_shots applies to classification (K images per class); remove it for image_to_text.")
+    if data_args.subsample_classes != "all" and finetuning_args.clip_task != "classification":
+        raise ValueError("subsample_classes applies to classification.")
+    if finetuning_args.epoch_lr_schedule and training_args.lr_scheduler_type not in ("cosine", "constant"):
+        raise ValueError(
+            f"epoch_lr_schedule supports lr_scheduler_type cosine or constant, not {training_args.lr_scheduler_type}."
+        )
     if not os.path.isfile(os.path.join(data_args.dataset_dir, "dataset_info.json")):
         raise ValueError(
             f"dataset_dir: `{data_args.dataset_dir}` has no dataset_info.json (relative paths start at {os.getcwd()})."
@@ -113,7 +156,7 @@ def _detect_checkpoint(training_args) -> None:
 
 
 def get_clip_train_args(args: dict[str, Any] | list[str]) -> ClipArgs:
-    model_args, data_args, training_args, finetuning_args = _parse(with_stage_defaults(args))
+    model_args, data_args, training_args, finetuning_args = _parse(with_stage_defaults(with_clip_config(args)))
     _check(model_args, data_args, training_args, finetuning_args)
     _detect_checkpoint(training_args)
     if training_args.ddp_find_unused_parameters is None:  # only ABS stops gradients of some parameters mid-run

@@ -82,8 +82,11 @@ class AbsCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         steps_per_epoch = state.max_steps / max(state.num_train_epochs, 1)
         epochs = self.args.abs_warmup_epochs
-        if epochs is None:
-            epochs = max(1.0, args.get_warmup_steps(state.max_steps) / steps_per_epoch)
+        if epochs is None:  # the schedule's warm-up: Dassl-style epochs, else the Trainer's warm-up steps
+            warmup = self.args.warmup_epochs if self.args.epoch_lr_schedule else None
+            epochs = max(
+                1.0, warmup if warmup is not None else args.get_warmup_steps(state.max_steps) / steps_per_epoch
+            )
         self.select_step = max(1, math.ceil(epochs * steps_per_epoch))
         if self.kept is None and self.select_step >= state.max_steps:
             raise ValueError(

@@ -1,6 +1,7 @@
 """HF ``Trainer`` for CLIP tasks: task-defined evaluation, and checkpoints that are plain CLIP checkpoints."""
 
 import json
+import math
 import os
 from typing import Any
 
@@ -10,6 +11,8 @@ from llamafactory.extras import logging
 from safetensors.torch import load_file
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
+
+from .schedule import epoch_lr_scheduler
 
 
 logger = logging.get_logger(__name__)
@@ -21,9 +24,47 @@ SAFE_INDEX = "model.safetensors.index.json"
 class ClipTrainer(Trainer):
     """``self.model`` is a ``ClipTaskModel``; what gets saved is its ``clip`` (loadable by ``CLIPModel``)."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, optim_args: Any = None, **kwargs: Any):
+        self.optim_args = optim_args
         super().__init__(*args, **kwargs)
         self.model.task.setup(self.model)
+
+    def create_optimizer(self):
+        """``clip_optim``: Dassl's optimizers, weight decay on every trainable parameter as Dassl does."""
+        name = getattr(self.optim_args, "clip_optim", None)
+        if name is None or self.optimizer is not None:
+            return super().create_optimizer()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        lr, decay, o = self.args.learning_rate, self.args.weight_decay, self.optim_args
+        betas = (self.args.adam_beta1, self.args.adam_beta2)
+        if name == "sgd":
+            self.optimizer = torch.optim.SGD(
+                params, lr, momentum=o.momentum, weight_decay=decay, dampening=o.sgd_dampening, nesterov=o.sgd_nesterov
+            )
+        elif name == "adam":
+            self.optimizer = torch.optim.Adam(params, lr, betas=betas, weight_decay=decay)
+        elif name == "adamw":
+            self.optimizer = torch.optim.AdamW(params, lr, betas=betas, weight_decay=decay)
+        else:
+            self.optimizer = torch.optim.RMSprop(
+                params, lr, momentum=o.momentum, weight_decay=decay, alpha=o.rmsprop_alpha
+            )
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if not getattr(self.optim_args, "epoch_lr_schedule", False) or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        steps_per_epoch = max(len(self.get_train_dataloader()) // self.args.gradient_accumulation_steps, 1)
+        schedule = "cosine" if self.args.lr_scheduler_type == "cosine" else "constant"
+        self.lr_scheduler = epoch_lr_scheduler(
+            optimizer or self.optimizer,
+            self.optim_args,
+            self.args.learning_rate,
+            steps_per_epoch,
+            math.ceil(self.args.num_train_epochs),
+            schedule,
+        )
+        return self.lr_scheduler
 
     def _clip_grad_norm(self, model: torch.nn.Module):
         """Clip over the optimizer's parameters: walking every frozen tensor of the model each step costs as much as a

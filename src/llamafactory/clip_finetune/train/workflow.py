@@ -46,6 +46,7 @@ def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: l
         eval_dataset=datasets.eval,
         processing_class=processor,
         callbacks=callbacks,
+        optim_args=finetuning_args,
     )
 
     if training_args.do_train:
