@@ -101,6 +101,7 @@ def test_regular_wheel_ships_pth_hook_and_package(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "llamafactory_clip_hook.pth" in names and "llamafactory_clip_hook.py" in names
     assert "llamafactory/clip_finetune/__init__.py" in names
+    assert "llamafactory/clip_finetune/configs/clip_finetune/vit_b16.yaml" in names  # clip_config: vit_b16
     assert "llamafactory/__init__.py" not in names  # that file belongs to LLaMA-Factory
 
     site = tmp_path / "site"

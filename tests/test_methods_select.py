@@ -127,3 +127,25 @@ def test_abs_with_bias_selects_among_biases_and_frees_frozen_state(tmp_path):
     assert changed_keys(tmp_path) == {kept[0]["parameters"][0]}
     after = [s for s in probe.seen if s[0] > record["step"]]
     assert after and all(n > 0 and no_grad and no_state for _, n, no_grad, no_state in after)
+
+
+def test_abs_resumed_after_the_selection_keeps_the_same_units_frozen(tmp_path):
+    common = dict(
+        abs=True,
+        abs_keep=1,
+        abs_warmup_epochs=1,
+        lr_scheduler_type="constant",
+        learning_rate=5e-3,
+        save_strategy="steps",
+        save_steps=4,
+        do_eval=False,
+    )
+    run_exp(base_args(tmp_path, max_steps=4, **common))  # selection at step 3, checkpoint at step 4
+    assert (tmp_path / "checkpoint-4" / "abs_selection.json").is_file()
+    kept = {u["unit"] for u in read_json(tmp_path / "abs_selection.json")["units"] if u["kept"]}
+    run_exp(base_args(tmp_path, max_steps=6, **common))  # resumes from checkpoint-4
+    final = load_file(tmp_path / "model.safetensors")
+    for key in START:
+        if key.rpartition(".")[0] not in kept:
+            assert torch.equal(final[key].float(), START[key]), key
+    assert read_json(tmp_path / "trainer_state.json")["global_step"] == 6
