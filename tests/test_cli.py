@@ -39,6 +39,7 @@ I2T = [
         ("abs.yaml", [*I2T, "num_train_epochs=2"]),
         ("bias.yaml", CLASSIFICATION),
         ("bias.yaml", I2T),
+        ("lora.yaml", I2T),
     ],
 )
 def test_examples_run_with_the_tiny_checkpoint(tmp_path, example, extra):

@@ -12,7 +12,9 @@ class ClipFinetuningArguments(ClipOptimArguments):
     clip_task: Literal["classification", "image_to_text"] = field(
         default="classification", metadata={"help": "Image classification or image-to-text retrieval."}
     )
-    finetuning_type: Literal["full", "bias"] = field(default="full", metadata={"help": "Which parameters train."})
+    finetuning_type: Literal["full", "bias", "lora"] = field(
+        default="full", metadata={"help": "Which parameters train."}
+    )
     freeze_vision_tower: bool = field(default=False, metadata={"help": "Keep the image tower frozen."})
     freeze_text_tower: bool | None = field(
         default=None,
@@ -27,6 +29,12 @@ class ClipFinetuningArguments(ClipOptimArguments):
     )
     bias_terms_exclude: list[str] | None = field(
         default=None, metadata={"help": "bias: biases whose name contains one of these strings do not train."}
+    )
+    lora_rank: int = field(default=8, metadata={"help": "lora: rank of the update matrices."})
+    lora_alpha: int | None = field(default=None, metadata={"help": "lora: scale (default: lora_rank * 2)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "lora: dropout on the LoRA input."})
+    lora_target: str = field(
+        default="q_proj,v_proj", metadata={"help": "lora: comma-separated module names, within the trained towers."}
     )
     abs: bool = field(default=False, metadata={"help": "Angle-Based Selection of the layers that keep training."})
     abs_top: bool = field(default=True, metadata={"help": "Keep the largest angles (false: the smallest)."})

@@ -2,9 +2,10 @@
 
 from .bias import BiasMethod
 from .full import FullMethod
+from .lora import LoraMethod
 
 
-METHODS = {"full": FullMethod, "bias": BiasMethod}
+METHODS = {"full": FullMethod, "bias": BiasMethod, "lora": LoraMethod}
 
 
 def get_method(finetuning_type: str):

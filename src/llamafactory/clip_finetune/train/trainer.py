@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from accelerate.utils import DistributedType
 from llamafactory.extras import logging
+from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
@@ -19,6 +20,7 @@ logger = logging.get_logger(__name__)
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
+SAFE_ADAPTER = "adapter_model.safetensors"
 
 
 class ClipTrainer(Trainer):
@@ -87,6 +89,15 @@ class ClipTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         clip = self.accelerator.unwrap_model(model or self.model).clip
+        if isinstance(clip, PeftModel):  # a PEFT checkpoint holds the adapter only
+            adapter = os.path.join(resume_from_checkpoint, SAFE_ADAPTER)
+            if not os.path.isfile(adapter):
+                raise ValueError(f"resume_from_checkpoint: `{resume_from_checkpoint}` holds no {SAFE_ADAPTER}.")
+            result = set_peft_model_state_dict(clip, load_file(adapter))
+            if result.unexpected_keys:
+                raise ValueError(f"{adapter} does not match this adapter: unexpected {result.unexpected_keys[:5]}.")
+            logger.info_rank0(f"Loaded adapter weights from {resume_from_checkpoint}.")
+            return
         index = os.path.join(resume_from_checkpoint, SAFE_INDEX)
         if os.path.isfile(index):
             with open(index, encoding="utf-8") as f:

@@ -1,0 +1,46 @@
+"""LoRA (Hu et al., ICLR 2022) on the CLIP towers, with stock PEFT and LLaMA-Factory's keys."""
+
+import re
+from typing import Any
+
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from .base import Method
+
+
+TOWER_PREFIXES = {"vision": "vision_model", "text": "text_model"}
+
+
+def lora_target_pattern(targets: list[str], towers: list[str]) -> str:
+    """A full-name regex, so that `q_proj` in the image tower is not also matched in a frozen text tower."""
+    names = "|".join(re.escape(t) for t in targets)
+    prefixes = "|".join(TOWER_PREFIXES[t] for t in towers)
+    return rf"^({prefixes})\..*\.({names})$"
+
+
+class LoraMethod(Method):
+    name = "lora"
+
+    def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
+        towers = [
+            t
+            for t, frozen in (
+                ("vision", finetuning_args.freeze_vision_tower),
+                ("text", finetuning_args.freeze_text_tower),
+            )
+            if not frozen
+        ]
+        if not towers:
+            raise ValueError("Nothing to train: freeze_vision_tower and freeze_text_tower are both true.")
+        targets = [t.strip() for t in finetuning_args.lora_target.split(",") if t.strip()]
+        config = LoraConfig(
+            r=finetuning_args.lora_rank,
+            lora_alpha=finetuning_args.lora_alpha or 2 * finetuning_args.lora_rank,
+            lora_dropout=finetuning_args.lora_dropout,
+            target_modules=lora_target_pattern(targets, towers),
+        )
+        try:
+            return get_peft_model(clip, config)
+        except ValueError as err:
+            raise ValueError(f"lora_target: {targets} matches no module in the {towers} tower(s): {err}") from err

@@ -1,0 +1,64 @@
+"""Methods whose new layers PEFT owns: the backbone stays byte-identical, the adapter reloads through PEFT."""
+
+import torch
+from conftest import DATA_DIR, TINY_CLIP, base_args, i2t_args, read_json
+from llamafactory.train.tuner import run_exp
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import CLIPModel, CLIPProcessor
+
+from llamafactory.clip_finetune.data import load_clip_datasets
+from llamafactory.clip_finetune.hparams import ClipDataArguments
+from llamafactory.clip_finetune.model import ClipTaskModel
+from llamafactory.clip_finetune.tasks import ClassificationTask
+
+
+def test_lora_trains_only_its_matrices_and_reloads_with_the_same_accuracy(tmp_path):
+    run_exp(base_args(tmp_path, finetuning_type="lora", learning_rate=1e-2, lora_rank=4))
+    adapter = load_file(tmp_path / "adapter_model.safetensors")
+    # closed form: 2 vision layers x (q_proj, v_proj) x rank 4 x (64 in + 64 out)
+    assert sum(t.numel() for t in adapter.values()) == 2 * 2 * 4 * (64 + 64)
+    assert all(".vision_model." in k and ("q_proj.lora_" in k or "v_proj.lora_" in k) for k in adapter)
+    assert not (tmp_path / "model.safetensors").exists()
+
+    # the three lines of the README: base checkpoint + adapter
+    base = CLIPModel.from_pretrained(TINY_CLIP, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, tmp_path).eval()
+    processor = CLIPProcessor.from_pretrained(tmp_path)
+
+    start = load_file(TINY_CLIP / "model.safetensors")
+    backbone = {
+        k.replace("base_model.model.", "").replace(".base_layer", ""): v
+        for k, v in model.state_dict().items()
+        if "lora_" not in k
+    }
+    assert all(torch.equal(backbone[k], v.float()) for k, v in start.items())  # backbone untouched
+
+    args = ClipDataArguments(eval_dataset="fashion_mnist_test", dataset_dir=str(DATA_DIR))
+    data = load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
+    task = ClassificationTask(data.classnames, data.templates, processor.tokenizer, text_trainable=False)
+    wrapper = ClipTaskModel(model, task, data.spec).eval()
+    task.setup(wrapper)
+    batches = [
+        {
+            "pixel_values": torch.stack([data.eval[i]["pixel_values"] for i in range(len(data.eval))]),
+            "labels": data.eval.labels,
+        }
+    ]
+    metrics = task.evaluate(wrapper, batches, lambda x: x, data.eval)
+    assert metrics["accuracy"] == read_json(tmp_path / "all_results.json")["eval_accuracy"]
+
+
+def test_lora_on_both_towers_for_image_to_text(tmp_path):
+    run_exp(i2t_args(tmp_path, finetuning_type="lora", learning_rate=1e-2))
+    adapter = load_file(tmp_path / "adapter_model.safetensors")
+    assert any(".text_model." in k for k in adapter) and any(".vision_model." in k for k in adapter)
+    assert "eval_i2t_r1" in read_json(tmp_path / "all_results.json")
+
+
+def test_lora_resumes_from_a_checkpoint(tmp_path):
+    common = dict(finetuning_type="lora", save_strategy="steps", save_steps=2, do_eval=False)
+    run_exp(base_args(tmp_path, max_steps=2, **common))
+    assert (tmp_path / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    run_exp(base_args(tmp_path, max_steps=4, **common))
+    assert read_json(tmp_path / "trainer_state.json")["global_step"] == 4
