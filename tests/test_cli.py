@@ -40,6 +40,7 @@ I2T = [
         ("bias.yaml", CLASSIFICATION),
         ("bias.yaml", I2T),
         ("lora.yaml", I2T),
+        ("adapter.yaml", I2T),
     ],
 )
 def test_examples_run_with_the_tiny_checkpoint(tmp_path, example, extra):

@@ -1,5 +1,6 @@
 """Methods whose new layers PEFT owns: the backbone stays byte-identical, the adapter reloads through PEFT."""
 
+import pytest
 import torch
 from conftest import DATA_DIR, TINY_CLIP, base_args, i2t_args, read_json
 from llamafactory.train.tuner import run_exp
@@ -13,12 +14,22 @@ from llamafactory.clip_finetune.model import ClipTaskModel
 from llamafactory.clip_finetune.tasks import ClassificationTask
 
 
-def test_lora_trains_only_its_matrices_and_reloads_with_the_same_accuracy(tmp_path):
-    run_exp(base_args(tmp_path, finetuning_type="lora", learning_rate=1e-2, lora_rank=4))
+# method -> (overrides, closed-form trainable count on the tiny model, what every saved key must contain)
+PEFT_METHODS = {
+    # 2 vision layers x (q_proj, v_proj) x rank 4 x (64 in + 64 out)
+    "lora": ({"lora_rank": 4}, 2 * 2 * 4 * (64 + 64), ("vision_model.", "_proj.lora_")),
+    # projection dim 32, reduction 4: 32 -> 8 -> 32, no bias
+    "adapter": ({"adapter_reduction": 4}, 2 * 32 * 8, ("visual_projection.clip_adapter_",)),
+}
+
+
+@pytest.mark.parametrize("method", sorted(PEFT_METHODS))
+def test_peft_method_trains_only_its_layers_and_reloads_with_the_same_accuracy(tmp_path, method):
+    overrides, count, markers = PEFT_METHODS[method]
+    run_exp(base_args(tmp_path, finetuning_type=method, learning_rate=1e-2, **overrides))
     adapter = load_file(tmp_path / "adapter_model.safetensors")
-    # closed form: 2 vision layers x (q_proj, v_proj) x rank 4 x (64 in + 64 out)
-    assert sum(t.numel() for t in adapter.values()) == 2 * 2 * 4 * (64 + 64)
-    assert all(".vision_model." in k and ("q_proj.lora_" in k or "v_proj.lora_" in k) for k in adapter)
+    assert sum(t.numel() for t in adapter.values()) == count
+    assert all(all(m in k for m in markers) for k in adapter)
     assert not (tmp_path / "model.safetensors").exists()
 
     # the three lines of the README: base checkpoint + adapter
@@ -49,15 +60,30 @@ def test_lora_trains_only_its_matrices_and_reloads_with_the_same_accuracy(tmp_pa
     assert metrics["accuracy"] == read_json(tmp_path / "all_results.json")["eval_accuracy"]
 
 
-def test_lora_on_both_towers_for_image_to_text(tmp_path):
-    run_exp(i2t_args(tmp_path, finetuning_type="lora", learning_rate=1e-2))
+@pytest.mark.parametrize(
+    "method, overrides, text_marker, image_marker",
+    [
+        ("lora", {}, ".text_model.", ".vision_model."),
+        ("adapter", {"adapter_target": "both"}, "text_projection.clip_adapter", "visual_projection.clip_adapter"),
+    ],
+)
+def test_peft_method_on_both_towers_for_image_to_text(tmp_path, method, overrides, text_marker, image_marker):
+    run_exp(i2t_args(tmp_path, finetuning_type=method, learning_rate=1e-2, **overrides))
     adapter = load_file(tmp_path / "adapter_model.safetensors")
-    assert any(".text_model." in k for k in adapter) and any(".vision_model." in k for k in adapter)
+    assert any(text_marker in k for k in adapter) and any(image_marker in k for k in adapter)
     assert "eval_i2t_r1" in read_json(tmp_path / "all_results.json")
 
 
-def test_lora_resumes_from_a_checkpoint(tmp_path):
-    common = dict(finetuning_type="lora", save_strategy="steps", save_steps=2, do_eval=False)
+def test_text_adapter_for_classification_recomputes_class_features_and_trains(tmp_path):
+    run_exp(base_args(tmp_path, finetuning_type="adapter", adapter_target="text", learning_rate=1e-1))
+    adapter = load_file(tmp_path / "adapter_model.safetensors")
+    assert adapter and all("text_projection.clip_adapter_" in k for k in adapter)
+    assert any(t.abs().sum() > 0 and not torch.equal(t, t.flip(0)) for t in adapter.values())
+
+
+@pytest.mark.parametrize("method", sorted(PEFT_METHODS))
+def test_peft_method_resumes_from_a_checkpoint(tmp_path, method):
+    common = dict(finetuning_type=method, save_strategy="steps", save_steps=2, do_eval=False)
     run_exp(base_args(tmp_path, max_steps=2, **common))
     assert (tmp_path / "checkpoint-2" / "adapter_model.safetensors").is_file()
     run_exp(base_args(tmp_path, max_steps=4, **common))

@@ -12,7 +12,7 @@ class ClipFinetuningArguments(ClipOptimArguments):
     clip_task: Literal["classification", "image_to_text"] = field(
         default="classification", metadata={"help": "Image classification or image-to-text retrieval."}
     )
-    finetuning_type: Literal["full", "bias", "lora"] = field(
+    finetuning_type: Literal["full", "bias", "lora", "adapter"] = field(
         default="full", metadata={"help": "Which parameters train."}
     )
     freeze_vision_tower: bool = field(default=False, metadata={"help": "Keep the image tower frozen."})
@@ -35,6 +35,11 @@ class ClipFinetuningArguments(ClipOptimArguments):
     lora_dropout: float = field(default=0.0, metadata={"help": "lora: dropout on the LoRA input."})
     lora_target: str = field(
         default="q_proj,v_proj", metadata={"help": "lora: comma-separated module names, within the trained towers."}
+    )
+    adapter_reduction: int = field(default=4, metadata={"help": "adapter: bottleneck width = projection dim / this."})
+    adapter_ratio: float = field(default=0.2, metadata={"help": "adapter: f = ratio * A(f) + (1 - ratio) * f."})
+    adapter_target: Literal["vision", "text", "both"] = field(
+        default="vision", metadata={"help": "adapter: which tower's projected feature is adapted."}
     )
     abs: bool = field(default=False, metadata={"help": "Angle-Based Selection of the layers that keep training."})
     abs_top: bool = field(default=True, metadata={"help": "Keep the largest angles (false: the smallest)."})

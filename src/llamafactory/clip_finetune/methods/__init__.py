@@ -1,11 +1,12 @@
 """One registry from ``finetuning_type`` to a method: what trains, on top of any task."""
 
+from .adapter import AdapterMethod
 from .bias import BiasMethod
 from .full import FullMethod
 from .lora import LoraMethod
 
 
-METHODS = {"full": FullMethod, "bias": BiasMethod, "lora": LoraMethod}
+METHODS = {"full": FullMethod, "bias": BiasMethod, "lora": LoraMethod, "adapter": AdapterMethod}
 
 
 def get_method(finetuning_type: str):

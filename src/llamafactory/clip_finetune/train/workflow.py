@@ -21,7 +21,7 @@ logger = logging.get_logger(__name__)
 
 def build_task(finetuning_args: Any, datasets: Any, tokenizer: Any, clip: Any):
     if finetuning_args.clip_task == "classification":
-        text_trainable = any(p.requires_grad for p in clip.text_model.parameters())
+        text_trainable = any(p.requires_grad for n, p in clip.named_parameters() if "text_" in n)
         return ClassificationTask(datasets.classnames, datasets.templates, tokenizer, text_trainable)
     return ImageToTextTask()
 
