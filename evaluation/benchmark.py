@@ -73,7 +73,10 @@ class UInt8Images(Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
-        return {"pixel_values": self.images[i], "labels": self.labels[i]}
+        return {"pixel_values": self.images[i], **self.targets(i)}
+
+    def targets(self, i):
+        return {"labels": self.labels[i]}
 
 
 def build_model(tiny: bool, attn: str) -> CLIPModel:
@@ -226,6 +229,67 @@ def run_plain(model: ClipTaskModel, data, opts, device) -> float:
     return opts.steps * opts.batch_size / (time.perf_counter() - start)
 
 
+class EpochTimer(TrainerCallback):
+    def __init__(self):
+        self.times, self.start = [], None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self.start)
+
+
+def run_adapter_cache(opts, processor, data, size, device) -> dict:
+    """CLIP-Adapter epochs through the stage with and without the feature cache (same data, same run)."""
+    out = {}
+    for cached in (False, True):
+        clip = build_model(opts.tiny, opts.attn)
+        adapter_args = ClipFinetuningArguments(finetuning_type="adapter")
+        clip = get_method("adapter").prepare(clip, adapter_args, argparse.Namespace(do_train=True))
+        spec = ImageSpec.from_processor(processor.image_processor, ClipDataArguments(image_size=size))
+        task = ClassificationTask(CLASSES, ["a photo of a {}."], processor.tokenizer, False)
+        model = ClipTaskModel(clip, task, spec).to(device)
+        args = TrainingArguments(
+            output_dir=opts.output_dir,
+            per_device_train_batch_size=opts.batch_size,
+            num_train_epochs=opts.epochs,
+            per_device_eval_batch_size=opts.batch_size,
+            learning_rate=1e-3,
+            bf16=opts.bf16,
+            dataloader_num_workers=opts.workers,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            use_cpu=device.type == "cpu",
+            disable_tqdm=True,
+            **STAGE_DEFAULTS,
+        )
+        timer = EpochTimer()
+        start = time.perf_counter()
+        trainer = ClipTrainer(
+            model=model,
+            args=args,
+            train_dataset=data,
+            callbacks=[timer],
+            feature_cache_views=opts.views if cached else None,
+        )
+        build = time.perf_counter() - start
+        trainer.train()
+        epoch = statistics.median(timer.times[1:] or timer.times)
+        name = "cached" if cached else "recomputed"
+        out[f"adapter_epoch_s_{name}"] = round(epoch, 4)
+        if cached:
+            out["adapter_cache_build_s"] = round(build, 2)
+            out["adapter_cache_views"] = opts.views
+    out["adapter_epoch_speedup"] = round(out["adapter_epoch_s_recomputed"] / out["adapter_epoch_s_cached"], 1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="bundled tiny CLIP on CPU")
@@ -243,6 +307,11 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--attn", default="sdpa")
+    parser.add_argument(
+        "--adapter_cache", action="store_true", help="only time CLIP-Adapter epochs with and without the feature cache"
+    )
+    parser.add_argument("--epochs", type=int, default=4, help="--adapter_cache: epochs per run")
+    parser.add_argument("--views", type=int, default=10, help="--adapter_cache: augmented views cached")
     parser.add_argument(
         "--abs_keep", type=int, default=0, help="stage side: full finetune with ABS keeping K per group"
     )
@@ -268,6 +337,10 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
     }
+    if opts.adapter_cache:
+        results.update(run_adapter_cache(opts, processor, data, size, device))
+        print(json.dumps(results))
+        return
     speeds = {"plain": [], "stage": []}
     for _ in range(opts.repeats):  # alternate, so that drifting machine load hits both sides alike
         for name, runner in (("plain", run_plain), ("stage", run_stage)):

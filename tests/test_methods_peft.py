@@ -6,7 +6,7 @@ from conftest import DATA_DIR, TINY_CLIP, base_args, i2t_args, read_json
 from llamafactory.train.tuner import run_exp
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import CLIPModel, CLIPProcessor
+from transformers import CLIPModel, CLIPProcessor, TrainerCallback
 
 from llamafactory.clip_finetune.data import load_clip_datasets
 from llamafactory.clip_finetune.hparams import ClipDataArguments
@@ -88,3 +88,37 @@ def test_peft_method_resumes_from_a_checkpoint(tmp_path, method):
     assert (tmp_path / "checkpoint-2" / "adapter_model.safetensors").is_file()
     run_exp(base_args(tmp_path, max_steps=4, **common))
     assert read_json(tmp_path / "trainer_state.json")["global_step"] == 4
+
+
+class VisionForwardCounter(TrainerCallback):
+    """Counts forward passes of the image tower between train begin and train end."""
+
+    def __init__(self):
+        self.calls, self.handle = 0, None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        def count(*_):
+            self.calls += 1
+
+        self.handle = model.clip.base_model.model.vision_model.register_forward_hook(count)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("feature_cache", [True, False])
+def test_adapter_feature_cache_skips_the_frozen_backbone_during_training(tmp_path, feature_cache):
+    counter = VisionForwardCounter()
+    args = base_args(
+        tmp_path,
+        finetuning_type="adapter",
+        feature_cache=feature_cache,
+        feature_cache_views=2,
+        num_train_epochs=3,
+        learning_rate=1e-2,
+    )
+    run_exp(args, callbacks=[counter])
+    steps = read_json(tmp_path / "trainer_state.json")["global_step"]
+    assert steps == 9  # 20 images / 8 per step = 3 steps x 3 epochs
+    assert counter.calls == (0 if feature_cache else steps)
+    assert 0.0 <= read_json(tmp_path / "all_results.json")["eval_accuracy"] <= 1.0

@@ -20,7 +20,10 @@ class ClassificationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image = decode(self.samples.images[index], self.samples.origins[index])
-        return {"pixel_values": self.transform(image), "labels": self.labels[index]}
+        return {"pixel_values": self.transform(image), **self.targets(index)}
+
+    def targets(self, index: int) -> dict[str, Any]:
+        return {"labels": self.labels[index]}
 
     def subset(self, indices: torch.Tensor) -> "ClassificationDataset":
         picked = indices.tolist()
@@ -56,7 +59,27 @@ class CaptionDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image = self.transform(decode(self.samples.images[index], self.samples.origins[index]))
+        return {"pixel_values": image, **self.targets(index)}
+
+    def targets(self, index: int) -> dict[str, Any]:
         if not self.train:
-            return {"pixel_values": image}
+            return {}
         pick = self.caption_start[index] + torch.randint(int(self.caption_count[index]), ()).item()
-        return {"pixel_values": image, "input_ids": self.input_ids[pick], "attention_mask": self.attention_mask[pick]}
+        return {"input_ids": self.input_ids[pick], "attention_mask": self.attention_mask[pick]}
+
+
+class CachedViewsDataset(Dataset):
+    """Precomputed frozen-backbone features of ``views`` augmented views per image: an item is one random view.
+
+    ``features`` is [images, views, dim]; the labels or captions come from the dataset they were computed from."""
+
+    def __init__(self, base: Dataset, features: torch.Tensor):
+        self.base = base
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        view = torch.randint(self.features.shape[1], ()).item()
+        return {"pooled": self.features[index, view], **self.base.targets(index)}

@@ -41,6 +41,13 @@ class ClipFinetuningArguments(ClipOptimArguments):
     adapter_target: Literal["vision", "text", "both"] = field(
         default="vision", metadata={"help": "adapter: which tower's projected feature is adapted."}
     )
+    feature_cache: bool = field(
+        default=True,
+        metadata={"help": "With a frozen image tower, compute its features once per augmented view, not per epoch."},
+    )
+    feature_cache_views: int = field(
+        default=10, metadata={"help": "Augmented views per training image in the feature cache."}
+    )
     abs: bool = field(default=False, metadata={"help": "Angle-Based Selection of the layers that keep training."})
     abs_top: bool = field(default=True, metadata={"help": "Keep the largest angles (false: the smallest)."})
     abs_group: bool = field(default=True, metadata={"help": "Keep abs_keep units per name group (false: overall)."})
@@ -67,6 +74,8 @@ class ClipFinetuningArguments(ClipOptimArguments):
             raise ValueError(
                 f"abs selects among existing weights: use it with full or bias, not {self.finetuning_type}."
             )
+        if self.feature_cache_views < 1:
+            raise ValueError(f"feature_cache_views must be at least 1, got {self.feature_cache_views}.")
         if self.abs_keep < 1:
             raise ValueError(f"abs_keep must be at least 1, got {self.abs_keep}.")
         if self.abs_warmup_epochs is not None and self.abs_warmup_epochs <= 0:

@@ -46,11 +46,15 @@ class ClipTaskModel(nn.Module):
         x = pixel_values.to(self.pixel_mean.dtype) / 255.0
         return (x - self.pixel_mean) / self.pixel_std if self.normalize else x
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """L2-normalized projected image features from uint8 images."""
-        clip = self.clip
-        pooled = clip.vision_model(pixel_values=self.pixels(pixel_values)).pooler_output
-        return F.normalize(clip.visual_projection(pooled), dim=-1)
+    def pooled_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The image tower's pooled output (before the projection) from uint8 images."""
+        return self.clip.vision_model(pixel_values=self.pixels(pixel_values)).pooler_output
+
+    def image_features(self, pixel_values: torch.Tensor | None, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """L2-normalized projected image features, from uint8 images or from cached pooled outputs."""
+        if pooled is None:
+            pooled = self.pooled_image(pixel_values)
+        return F.normalize(self.clip.visual_projection(pooled), dim=-1)
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         clip = self.clip
@@ -62,11 +66,17 @@ class ClipTaskModel(nn.Module):
 
     def forward(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         return self.task(
-            self, pixel_values=pixel_values, labels=labels, input_ids=input_ids, attention_mask=attention_mask
+            self,
+            pixel_values=pixel_values,
+            labels=labels,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pooled=pooled,
         )

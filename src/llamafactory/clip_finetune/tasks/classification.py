@@ -48,8 +48,10 @@ class ClassificationTask(nn.Module):
     def class_weights(self, model: nn.Module) -> torch.Tensor:
         return self.encode_classes(model) if self.text_trainable else self.class_features
 
-    def forward(self, model: nn.Module, pixel_values: torch.Tensor, labels=None, **_: Any) -> dict[str, torch.Tensor]:
-        image = model.image_features(pixel_values)
+    def forward(
+        self, model: nn.Module, pixel_values: torch.Tensor, labels=None, pooled=None, **_: Any
+    ) -> dict[str, torch.Tensor]:
+        image = model.image_features(pixel_values, pooled)
         weights = self.class_weights(model)
         logits = model.logit_scale() * image @ weights.to(image.dtype).t()
         out = {"logits": logits}

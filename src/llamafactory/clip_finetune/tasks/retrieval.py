@@ -38,8 +38,10 @@ def recall_at_k(sims: torch.Tensor, caption_image: torch.Tensor, chunk: int = 10
 class ImageToTextTask(nn.Module):
     name = "image_to_text"
 
-    def forward(self, model: nn.Module, pixel_values: torch.Tensor, input_ids=None, attention_mask=None, **_: Any):
-        image = model.image_features(pixel_values)
+    def forward(
+        self, model: nn.Module, pixel_values: torch.Tensor, input_ids=None, attention_mask=None, pooled=None, **_: Any
+    ):
+        image = model.image_features(pixel_values, pooled)
         if input_ids is None:
             return {"logits": image}
         text = model.text_features(input_ids, attention_mask)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from .feature_cache import cache_image_views
 from .schedule import epoch_lr_scheduler
 
 
@@ -26,10 +27,12 @@ SAFE_ADAPTER = "adapter_model.safetensors"
 class ClipTrainer(Trainer):
     """``self.model`` is a ``ClipTaskModel``; what gets saved is its ``clip`` (loadable by ``CLIPModel``)."""
 
-    def __init__(self, *args: Any, optim_args: Any = None, **kwargs: Any):
+    def __init__(self, *args: Any, optim_args: Any = None, feature_cache_views: int | None = None, **kwargs: Any):
         self.optim_args = optim_args
         super().__init__(*args, **kwargs)
         self.model.task.setup(self.model)
+        if feature_cache_views and self.train_dataset is not None:
+            self.train_dataset = cache_image_views(self, self.train_dataset, feature_cache_views)
 
     def create_optimizer(self):
         """``clip_optim``: Dassl's optimizers, weight decay on every trainable parameter as Dassl does."""

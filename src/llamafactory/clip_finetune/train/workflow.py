@@ -13,6 +13,7 @@ from ..methods.abs import abs_callback
 from ..methods.base import log_trainable
 from ..model import ClipTaskModel, load_clip
 from ..tasks import ClassificationTask, ImageToTextTask
+from .feature_cache import image_tower_frozen
 from .trainer import ClipTrainer
 
 
@@ -24,6 +25,12 @@ def build_task(finetuning_args: Any, datasets: Any, tokenizer: Any, clip: Any):
         text_trainable = any(p.requires_grad for n, p in clip.named_parameters() if "text_" in n)
         return ClassificationTask(datasets.classnames, datasets.templates, tokenizer, text_trainable)
     return ImageToTextTask()
+
+
+def feature_cache_views(clip: Any, finetuning_args: Any, training_args: Any) -> int | None:
+    """Views to cache when the image tower is frozen (adapter, text-only methods), unless turned off."""
+    use = finetuning_args.feature_cache and training_args.do_train and image_tower_frozen(clip)
+    return finetuning_args.feature_cache_views if use else None
 
 
 def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: list[Any] | None = None) -> None:
@@ -47,6 +54,7 @@ def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: l
         processing_class=processor,
         callbacks=callbacks,
         optim_args=finetuning_args,
+        feature_cache_views=feature_cache_views(clip, finetuning_args, training_args),
     )
 
     if training_args.do_train:
