@@ -71,15 +71,16 @@ class CaptionDataset(Dataset):
 class CachedViewsDataset(Dataset):
     """Precomputed frozen-backbone features of ``views`` augmented views per image: an item is one random view.
 
-    ``features`` is [images, views, dim]; the labels or captions come from the dataset they were computed from."""
+    ``features`` is [images, views, dim]; ``targets`` gives the labels or captions of an image (a bound method of
+    the dataset the features came from, whose images are then not needed)."""
 
-    def __init__(self, base: Dataset, features: torch.Tensor):
-        self.base = base
+    def __init__(self, features: torch.Tensor, targets: Any):
         self.features = features
+        self.targets = targets
 
     def __len__(self) -> int:
-        return len(self.base)
+        return self.features.shape[0]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         view = torch.randint(self.features.shape[1], ()).item()
-        return {"pooled": self.features[index, view], **self.base.targets(index)}
+        return {"pooled": self.features[index, view], **self.targets(index)}

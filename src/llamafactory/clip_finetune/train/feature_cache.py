@@ -28,6 +28,7 @@ def cache_image_views(trainer, dataset, views: int) -> CachedViewsDataset:
         dataset,
         batch_size=args.per_device_eval_batch_size,
         num_workers=args.dataloader_num_workers,
+        persistent_workers=args.dataloader_num_workers > 0,  # one worker start for all the views
         collate_fn=trainer.data_collator,
         pin_memory=args.dataloader_pin_memory and args.device.type == "cuda",
     )
@@ -45,4 +46,4 @@ def cache_image_views(trainer, dataset, views: int) -> CachedViewsDataset:
         f"feature cache: {cached.shape[0]} images x {views} augmented views of the frozen image tower, "
         f"computed once in {time.perf_counter() - start:.1f}s; every epoch reuses them."
     )
-    return CachedViewsDataset(dataset, cached)
+    return CachedViewsDataset(cached, dataset.targets)

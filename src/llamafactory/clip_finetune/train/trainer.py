@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from ..data.datasets import CachedViewsDataset
 from .feature_cache import cache_image_views
 from .schedule import epoch_lr_scheduler
 
@@ -33,6 +34,17 @@ class ClipTrainer(Trainer):
         self.model.task.setup(self.model)
         if feature_cache_views and self.train_dataset is not None:
             self.train_dataset = cache_image_views(self, self.train_dataset, feature_cache_views)
+
+    def get_train_dataloader(self):
+        """Cached features are in memory: loader workers would only add pickling and process start-up."""
+        if not isinstance(self.train_dataset, CachedViewsDataset):
+            return super().get_train_dataloader()
+        workers = self.args.dataloader_num_workers
+        self.args.dataloader_num_workers = 0
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.args.dataloader_num_workers = workers
 
     def create_optimizer(self):
         """``clip_optim``: Dassl's optimizers, weight decay on every trainable parameter as Dassl does."""
