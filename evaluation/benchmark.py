@@ -78,6 +78,9 @@ class UInt8Images(Dataset):
     def targets(self, i):
         return {"labels": self.labels[i]}
 
+    def batch_targets(self, indices):
+        return {"labels": self.labels[indices]}
+
 
 def build_model(tiny: bool, attn: str) -> CLIPModel:
     torch.manual_seed(0)

@@ -103,6 +103,7 @@ def test_stage_defaults_avoid_per_step_syncs_unless_set(tmp_path):
     _, _, training_args, _ = get_clip_train_args(base_args(tmp_path / "o"))
     assert training_args.logging_nan_inf_filter is False
     assert training_args.accelerator_config.non_blocking is True
+    assert training_args.remove_unused_columns is False
     _, _, training_args, _ = get_clip_train_args(base_args(tmp_path / "o", logging_nan_inf_filter=True))
     assert training_args.logging_nan_inf_filter is True
     argv = ["--stage", "clip", "--dataset", "fashion_mnist_train", "--do_train", "--output_dir", str(tmp_path)]

@@ -25,6 +25,9 @@ class ClassificationDataset(Dataset):
     def targets(self, index: int) -> dict[str, Any]:
         return {"labels": self.labels[index]}
 
+    def batch_targets(self, indices: torch.Tensor) -> dict[str, Any]:
+        return {"labels": self.labels[indices]}
+
     def subset(self, indices: torch.Tensor) -> "ClassificationDataset":
         picked = indices.tolist()
         s = self.samples
@@ -67,16 +70,24 @@ class CaptionDataset(Dataset):
         pick = self.caption_start[index] + torch.randint(int(self.caption_count[index]), ()).item()
         return {"input_ids": self.input_ids[pick], "attention_mask": self.attention_mask[pick]}
 
+    def batch_targets(self, indices: torch.Tensor) -> dict[str, Any]:
+        if not self.train:
+            return {}
+        pick = self.caption_start[indices] + (torch.rand(len(indices)) * self.caption_count[indices]).long()
+        return {"input_ids": self.input_ids[pick], "attention_mask": self.attention_mask[pick]}
+
 
 class CachedViewsDataset(Dataset):
     """Precomputed frozen-backbone features of ``views`` augmented views per image: an item is one random view.
 
-    ``features`` is [images, views, dim]; ``targets`` gives the labels or captions of an image (a bound method of
-    the dataset the features came from, whose images are then not needed)."""
+    ``features`` is [images, views, dim]; ``source`` is the dataset they came from, for its labels or captions
+    (only its target tensors are kept, not its images). ``__getitems__`` gathers a whole batch in one indexing
+    operation and returns it collated."""
 
-    def __init__(self, features: torch.Tensor, targets: Any):
+    def __init__(self, features: torch.Tensor, source: Any):
         self.features = features
-        self.targets = targets
+        self.targets = source.targets
+        self.batch_targets = source.batch_targets
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -84,3 +95,13 @@ class CachedViewsDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         view = torch.randint(self.features.shape[1], ()).item()
         return {"pooled": self.features[index, view], **self.targets(index)}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        index = torch.as_tensor(indices)
+        views = torch.randint(self.features.shape[1], (len(index),))
+        return {"pooled": self.features[index, views], **self.batch_targets(index)}
+
+
+def collated(batch: dict[str, Any]) -> dict[str, Any]:
+    """Collate function for datasets whose ``__getitems__`` already returns a batch."""
+    return batch

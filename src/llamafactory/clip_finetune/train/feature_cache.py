@@ -46,4 +46,4 @@ def cache_image_views(trainer, dataset, views: int) -> CachedViewsDataset:
         f"feature cache: {cached.shape[0]} images x {views} augmented views of the frozen image tower, "
         f"computed once in {time.perf_counter() - start:.1f}s; every epoch reuses them."
     )
-    return CachedViewsDataset(cached, dataset.targets)
+    return CachedViewsDataset(cached, dataset)

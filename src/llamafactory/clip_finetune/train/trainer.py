@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from ..data.datasets import CachedViewsDataset
+from ..data.datasets import CachedViewsDataset, collated
 from .feature_cache import cache_image_views
 from .schedule import epoch_lr_scheduler
 
@@ -36,15 +36,16 @@ class ClipTrainer(Trainer):
             self.train_dataset = cache_image_views(self, self.train_dataset, feature_cache_views)
 
     def get_train_dataloader(self):
-        """Cached features are in memory: loader workers would only add pickling and process start-up."""
+        """Cached features are in memory and gathered a batch at a time: no loader workers (they would only add
+        pickling and start-up) and no per-item collation."""
         if not isinstance(self.train_dataset, CachedViewsDataset):
             return super().get_train_dataloader()
-        workers = self.args.dataloader_num_workers
-        self.args.dataloader_num_workers = 0
+        saved = self.args.dataloader_num_workers, self.args.remove_unused_columns, self.data_collator
+        self.args.dataloader_num_workers, self.args.remove_unused_columns, self.data_collator = 0, False, collated
         try:
             return super().get_train_dataloader()
         finally:
-            self.args.dataloader_num_workers = workers
+            self.args.dataloader_num_workers, self.args.remove_unused_columns, self.data_collator = saved
 
     def create_optimizer(self):
         """``clip_optim``: Dassl's optimizers, weight decay on every trainable parameter as Dassl does."""
