@@ -41,6 +41,8 @@ I2T = [
         ("bias.yaml", I2T),
         ("lora.yaml", I2T),
         ("adapter.yaml", I2T),
+        ("vpt_shallow.yaml", CLASSIFICATION),
+        ("vpt_deep.yaml", I2T),
     ],
 )
 def test_examples_run_with_the_tiny_checkpoint(tmp_path, example, extra):
@@ -110,3 +112,25 @@ def test_llm_stage_reaches_llamafactory_unchanged(tmp_path):
     last = lambda text: text.strip().splitlines()[-1]  # noqa: E731
     assert last(with_plugin.stderr) == last(without.stderr)
     assert not os.path.exists(tmp_path / "out" / "all_results.json")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", ["lora.yaml", "adapter.yaml", "vpt_deep.yaml"])
+def test_peft_methods_under_torchrun_two_processes(tmp_path, example):
+    out = run_cli(
+        [
+            "train",
+            str(ROOT / "examples" / "clip" / example),
+            f"output_dir={tmp_path}",
+            *TINY,
+            "num_shots=4",
+            "per_device_eval_batch_size=32",
+        ],
+        env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"},
+    )
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert "Process rank: 1, world size: 2" in log
+    assert (tmp_path / "adapter_model.safetensors").is_file() and "eval_accuracy" in read_json(
+        tmp_path / "all_results.json"
+    )

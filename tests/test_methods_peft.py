@@ -14,19 +14,23 @@ from llamafactory.clip_finetune.model import ClipTaskModel
 from llamafactory.clip_finetune.tasks import ClassificationTask
 
 
-# method -> (overrides, closed-form trainable count on the tiny model, what every saved key must contain)
+# id -> (finetuning_type, overrides, closed-form trainable count on the tiny model, what every saved key contains)
 PEFT_METHODS = {
     # 2 vision layers x (q_proj, v_proj) x rank 4 x (64 in + 64 out)
-    "lora": ({"lora_rank": 4}, 2 * 2 * 4 * (64 + 64), ("vision_model.", "_proj.lora_")),
+    "lora": ("lora", {"lora_rank": 4}, 2 * 2 * 4 * (64 + 64), ("vision_model.", "_proj.lora_")),
     # projection dim 32, reduction 4: 32 -> 8 -> 32, no bias
-    "adapter": ({"adapter_reduction": 4}, 2 * 32 * 8, ("visual_projection.clip_adapter_",)),
+    "adapter": ("adapter", {"adapter_reduction": 4}, 2 * 32 * 8, ("visual_projection.clip_adapter_",)),
+    # length x width 64
+    "vpt_shallow": ("prompt", {"prompt_length": 5}, 5 * 64, ("vision_model.encoder.clip_vpt_prompts",)),
+    # layers x length x width
+    "vpt_deep": ("prompt", {"prompt_length": 3, "prompt_deep": True}, 2 * 3 * 64, ("encoder.clip_vpt_prompts",)),
 }
 
 
 @pytest.mark.parametrize("method", sorted(PEFT_METHODS))
 def test_peft_method_trains_only_its_layers_and_reloads_with_the_same_accuracy(tmp_path, method):
-    overrides, count, markers = PEFT_METHODS[method]
-    run_exp(base_args(tmp_path, finetuning_type=method, learning_rate=1e-2, **overrides))
+    finetuning_type, overrides, count, markers = PEFT_METHODS[method]
+    run_exp(base_args(tmp_path, finetuning_type=finetuning_type, learning_rate=1e-2, **overrides))
     adapter = load_file(tmp_path / "adapter_model.safetensors")
     assert sum(t.numel() for t in adapter.values()) == count
     assert all(all(m in k for m in markers) for k in adapter)
@@ -83,7 +87,8 @@ def test_text_adapter_for_classification_recomputes_class_features_and_trains(tm
 
 @pytest.mark.parametrize("method", sorted(PEFT_METHODS))
 def test_peft_method_resumes_from_a_checkpoint(tmp_path, method):
-    common = dict(finetuning_type=method, save_strategy="steps", save_steps=2, do_eval=False)
+    finetuning_type, overrides, _, _ = PEFT_METHODS[method]
+    common = dict(finetuning_type=finetuning_type, save_strategy="steps", save_steps=2, do_eval=False, **overrides)
     run_exp(base_args(tmp_path, max_steps=2, **common))
     assert (tmp_path / "checkpoint-2" / "adapter_model.safetensors").is_file()
     run_exp(base_args(tmp_path, max_steps=4, **common))
@@ -122,3 +127,38 @@ def test_adapter_feature_cache_skips_the_frozen_backbone_during_training(tmp_pat
     assert steps == 9  # 20 images / 8 per step = 3 steps x 3 epochs
     assert counter.calls == (0 if feature_cache else steps)
     assert 0.0 <= read_json(tmp_path / "all_results.json")["eval_accuracy"] <= 1.0
+
+
+def test_vpt_initialization_uses_the_real_patch_size_and_prompts_sit_after_cls():
+    from peft import get_peft_model
+
+    from llamafactory.clip_finetune.peft_tuners import ClipVptConfig
+
+    clip = CLIPModel.from_pretrained(TINY_CLIP, dtype=torch.float32)  # patch 8, width 64
+    model = get_peft_model(clip, ClipVptConfig(prompt_length=50, prompt_deep=True))
+    prompts = model.base_model.model.vision_model.encoder.clip_vpt_prompts["default"]
+    bound = (6 / (3 * 8 * 8 + 64)) ** 0.5
+    assert prompts.shape == (2, 50, 64) and prompts.abs().max() <= bound and prompts.abs().max() > 0.9 * bound
+    out = model.base_model.model.vision_model(pixel_values=torch.zeros(1, 3, 32, 32))
+    assert out.last_hidden_state.shape == (1, 1 + 50 + 16, 64)  # [CLS, prompts, 16 patches]
+
+
+class PromptProbe(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.prompts = model.clip.base_model.model.vision_model.encoder.clip_vpt_prompts["default"]
+        self.start = self.prompts.detach().clone()
+
+
+def test_vpt_deep_trains_every_layers_prompts_under_gradient_checkpointing(tmp_path):
+    probe = PromptProbe()
+    args = base_args(
+        tmp_path,
+        finetuning_type="prompt",
+        prompt_deep=True,
+        gradient_checkpointing=True,
+        learning_rate=1e-2,
+        do_eval=False,
+    )
+    run_exp(args, callbacks=[probe])
+    moved = (probe.prompts.detach() - probe.start).abs().amax(dim=(1, 2))
+    assert moved.shape == (2,) and bool((moved > 0).all())  # gradients reached the prompts of both layers

@@ -12,7 +12,7 @@ class ClipFinetuningArguments(ClipOptimArguments):
     clip_task: Literal["classification", "image_to_text"] = field(
         default="classification", metadata={"help": "Image classification or image-to-text retrieval."}
     )
-    finetuning_type: Literal["full", "bias", "lora", "adapter"] = field(
+    finetuning_type: Literal["full", "bias", "lora", "adapter", "prompt"] = field(
         default="full", metadata={"help": "Which parameters train."}
     )
     freeze_vision_tower: bool = field(default=False, metadata={"help": "Keep the image tower frozen."})
@@ -40,6 +40,12 @@ class ClipFinetuningArguments(ClipOptimArguments):
     adapter_ratio: float = field(default=0.2, metadata={"help": "adapter: f = ratio * A(f) + (1 - ratio) * f."})
     adapter_target: Literal["vision", "text", "both"] = field(
         default="vision", metadata={"help": "adapter: which tower's projected feature is adapted."}
+    )
+    prompt_length: int = field(default=5, metadata={"help": "prompt: prompt tokens (per layer when deep)."})
+    prompt_deep: bool = field(default=False, metadata={"help": "prompt: new prompts before every layer (VPT-deep)."})
+    prompt_dropout: float = field(default=0.0, metadata={"help": "prompt: dropout on the prompts."})
+    prompt_project: int | None = field(
+        default=None, metadata={"help": "prompt: learn prompts of this width, projected to the hidden width."}
     )
     feature_cache: bool = field(
         default=True,

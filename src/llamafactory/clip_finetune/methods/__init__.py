@@ -4,9 +4,16 @@ from .adapter import AdapterMethod
 from .bias import BiasMethod
 from .full import FullMethod
 from .lora import LoraMethod
+from .prompt import PromptMethod
 
 
-METHODS = {"full": FullMethod, "bias": BiasMethod, "lora": LoraMethod, "adapter": AdapterMethod}
+METHODS = {
+    "full": FullMethod,
+    "bias": BiasMethod,
+    "lora": LoraMethod,
+    "adapter": AdapterMethod,
+    "prompt": PromptMethod,
+}
 
 
 def get_method(finetuning_type: str):

@@ -23,7 +23,11 @@ def add_peft_type(name: str) -> PeftType:
 
 def register_all() -> None:
     from .clip_adapter import ClipAdapterConfig, ClipAdapterModel
+    from .clip_vpt import ClipVptConfig, ClipVptModel
 
-    peft_type = add_peft_type("CLIP_ADAPTER")
-    if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
-        register_peft_method(name="clip_adapter", config_cls=ClipAdapterConfig, model_cls=ClipAdapterModel)
+    for name, config_cls, model_cls in (
+        ("clip_adapter", ClipAdapterConfig, ClipAdapterModel),
+        ("clip_vpt", ClipVptConfig, ClipVptModel),
+    ):
+        if add_peft_type(name.upper()) not in PEFT_TYPE_TO_CONFIG_MAPPING:
+            register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls)
