@@ -293,6 +293,42 @@ def run_adapter_cache(opts, processor, data, size, device) -> dict:
     return out
 
 
+METHOD_ARGS = {  # --methods entries: finetuning_type and keys
+    "full": {"finetuning_type": "full"},
+    "bias": {"finetuning_type": "bias"},
+    "lora": {"finetuning_type": "lora"},
+    "adapter": {"finetuning_type": "adapter", "feature_cache": False},
+    "vpt_shallow": {"finetuning_type": "prompt"},
+    "vpt_deep": {"finetuning_type": "prompt", "prompt_deep": True},
+}
+
+
+def run_methods(opts, processor, data, size, device) -> dict:
+    """Training steps of each method through the stage: images/s, trainable parameters, peak device memory."""
+    out = {}
+    for name in opts.methods.split(","):
+        if name not in METHOD_ARGS:
+            raise SystemExit(f"--methods: `{name}` is not one of {', '.join(METHOD_ARGS)}")
+        method_args = ClipFinetuningArguments(**METHOD_ARGS[name])
+        clip = get_method(method_args.finetuning_type).prepare(
+            build_model(opts.tiny, opts.attn), method_args, argparse.Namespace(do_train=True)
+        )
+        spec = ImageSpec.from_processor(processor.image_processor, ClipDataArguments(image_size=size))
+        model = ClipTaskModel(
+            clip, ClassificationTask(CLASSES, ["a photo of a {}."], processor.tokenizer, False), spec
+        )
+        model = model.to(device)
+        model.task.setup(model)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        out[f"{name}_images_per_s"] = round(run_stage(model, data, opts, device), 1)
+        out[f"{name}_trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if device.type == "cuda":
+            out[f"{name}_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        del model, clip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="bundled tiny CLIP on CPU")
@@ -314,6 +350,7 @@ def main() -> None:
         "--adapter_cache", action="store_true", help="only time CLIP-Adapter epochs with and without the feature cache"
     )
     parser.add_argument("--epochs", type=int, default=4, help="--adapter_cache: epochs per run")
+    parser.add_argument("--methods", default=None, help=f"only time these methods' steps: {','.join(METHOD_ARGS)}")
     parser.add_argument("--views", type=int, default=10, help="--adapter_cache: augmented views cached")
     parser.add_argument(
         "--abs_keep", type=int, default=0, help="stage side: full finetune with ABS keeping K per group"
@@ -340,8 +377,11 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
     }
-    if opts.adapter_cache:
-        results.update(run_adapter_cache(opts, processor, data, size, device))
+    if opts.adapter_cache or opts.methods:
+        if opts.adapter_cache:
+            results.update(run_adapter_cache(opts, processor, data, size, device))
+        if opts.methods:
+            results.update(run_methods(opts, processor, data, size, device))
         print(json.dumps(results))
         return
     speeds = {"plain": [], "stage": []}

@@ -162,3 +162,22 @@ def test_vpt_deep_trains_every_layers_prompts_under_gradient_checkpointing(tmp_p
     run_exp(args, callbacks=[probe])
     moved = (probe.prompts.detach() - probe.start).abs().amax(dim=(1, 2))
     assert moved.shape == (2,) and bool((moved > 0).all())  # gradients reached the prompts of both layers
+
+
+def test_lora_export_merged_writes_a_standalone_clip(tmp_path):
+    run_exp(base_args(tmp_path, finetuning_type="lora", learning_rate=1e-2, export_merged=True))
+    merged = CLIPModel.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    base = CLIPModel.from_pretrained(TINY_CLIP, dtype=torch.float32)
+    adapted = PeftModel.from_pretrained(base, tmp_path).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = adapted.base_model.model.get_image_features(pixel_values=pixels).pooler_output
+        got = merged.get_image_features(pixel_values=pixels).pooler_output
+    assert torch.allclose(got, expected, atol=1e-5)
+    q_proj = adapted.base_model.model.vision_model.encoder.layers[0].self_attn.q_proj
+    assert not torch.equal(merged.vision_model.encoder.layers[0].self_attn.q_proj.weight, q_proj.base_layer.weight)
+
+
+def test_export_merged_is_refused_for_methods_a_plain_checkpoint_cannot_hold(tmp_path):
+    with pytest.raises(ValueError, match="export_merged applies to lora: adapter adds new computation"):
+        run_exp(base_args(tmp_path, finetuning_type="adapter", export_merged=True))

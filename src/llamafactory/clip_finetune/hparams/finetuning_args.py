@@ -47,6 +47,10 @@ class ClipFinetuningArguments(ClipOptimArguments):
     prompt_project: int | None = field(
         default=None, metadata={"help": "prompt: learn prompts of this width, projected to the hidden width."}
     )
+    export_merged: bool = field(
+        default=False,
+        metadata={"help": "lora: also write output_dir/merged, a standalone CLIP checkpoint with LoRA merged in."},
+    )
     feature_cache: bool = field(
         default=True,
         metadata={"help": "With a frozen image tower, compute its features once per augmented view, not per epoch."},
@@ -79,6 +83,11 @@ class ClipFinetuningArguments(ClipOptimArguments):
         if self.abs and self.finetuning_type not in ("full", "bias"):
             raise ValueError(
                 f"abs selects among existing weights: use it with full or bias, not {self.finetuning_type}."
+            )
+        if self.export_merged and self.finetuning_type != "lora":
+            raise ValueError(
+                f"export_merged applies to lora: {self.finetuning_type} adds new computation (an adapter or prompts) "
+                "that a plain CLIP checkpoint cannot hold; load it with PeftModel.from_pretrained instead."
             )
         if self.feature_cache_views < 1:
             raise ValueError(f"feature_cache_views must be at least 1, got {self.feature_cache_views}.")

@@ -1,5 +1,6 @@
 """Wire the clip stage: arguments -> model -> data -> method -> Trainer -> train / evaluate / save."""
 
+import os
 from typing import Any
 
 from llamafactory.extras import logging
@@ -25,6 +26,16 @@ def build_task(finetuning_args: Any, datasets: Any, tokenizer: Any, clip: Any):
         text_trainable = any(p.requires_grad for n, p in clip.named_parameters() if "text_" in n)
         return ClassificationTask(datasets.classnames, datasets.templates, tokenizer, text_trainable)
     return ImageToTextTask()
+
+
+def export_merged(peft_model: Any, processor: Any, path: str) -> None:
+    """LoRA folds into the base weights: a standalone checkpoint that ``CLIPModel.from_pretrained`` loads."""
+    import copy
+
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    merged.save_pretrained(path)
+    processor.save_pretrained(path)
+    logger.info_rank0(f"Merged LoRA into the base weights: {path}")
 
 
 def feature_cache_views(clip: Any, finetuning_args: Any, training_args: Any) -> int | None:
@@ -60,6 +71,8 @@ def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: l
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()
+        if finetuning_args.export_merged and trainer.is_world_process_zero():
+            export_merged(model.clip, processor, os.path.join(training_args.output_dir, "merged"))
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
