@@ -58,6 +58,15 @@ def test_method_sections_translate():
         "abs_group_name": ["k_proj", "v_proj", "q_proj"],
         "abs_keep": 5,
     }
+    vpt = translate_files(str(ROOT / "examples/clip/dassl/vpt_deep.yaml")).values
+    assert vpt == {"finetuning_type": "prompt", "prompt_length": 5, "prompt_deep": True, "prompt_dropout": 0.0}
+    adapter = translate_files(str(ROOT / "examples/clip/dassl/adapter.yaml")).values
+    assert adapter == {
+        "finetuning_type": "adapter",
+        "adapter_reduction": 4,
+        "adapter_ratio": 0.2,
+        "adapter_target": "vision",
+    }
     bias = translate_files(str(ROOT / "examples/clip/dassl/bias.yaml")).values
     assert bias == {
         "finetuning_type": "bias",
@@ -116,6 +125,8 @@ def test_other_common_dassl_keys_translate():
         ({"MODEL": {"BACKBONE": {"NAME": "RN50"}}}, r"MODEL.BACKBONE.NAME: .*ResNet CLIP"),
         ({"TRAIN": {"CHECKPOINT_FREQ": 5}}, r"saving every 5 epochs"),
         ({"TRAINER": {"TIP": {"alpha": 3.0}}}, r"TRAINER.TIP.alpha: Tip-Adapter .* not available"),
+        ({"TRAINER": {"VPT": {"DEPTH": 3}}}, r"unknown key TRAINER.VPT.DEPTH \(did you mean TRAINER.VPT.DEEP\?\)"),
+        ({"TRAINER": {"ADAPTER": {"TARGET": "all"}}}, r"TRAINER.ADAPTER.TARGET: `all` is not one of"),
     ],
 )
 def test_bad_keys_and_values_are_clear_errors(config, message):

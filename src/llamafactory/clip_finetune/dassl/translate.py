@@ -126,14 +126,6 @@ def _backbone(t: Translation, value: str, path: str) -> None:
         raise DasslConfigError(f"{path}: {err}") from None
 
 
-def _bias_terms(key: str) -> Rule:
-    def rule(t: Translation, value: list[str], path: str) -> None:
-        t.set("finetuning_type", "bias", path.rpartition(".")[0])
-        t.set(key, value, path)
-
-    return rule
-
-
 def _dataset_name(t: Translation, value: str, path: str) -> None:
     base = _snake(value)
     for key, split in (("dataset", "train"), ("val_dataset", "val"), ("eval_dataset", "test")):
@@ -162,6 +154,22 @@ def _checkpoint_freq(t: Translation, value: int, path: str) -> None:
 def _final_model(t: Translation, value: str, path: str) -> None:
     if value != "last_step":
         raise DasslConfigError(f"{path}: only `last_step` is supported (the final model is evaluated).")
+
+
+def _method_key(finetuning_type: str, key: str) -> Rule:
+    """A key of a method section also sets the method (BIAS.* -> bias, TRAINER.VPT.* -> prompt, ...)."""
+
+    def rule(t: Translation, value: Any, path: str) -> None:
+        t.set("finetuning_type", finetuning_type, path.rpartition(".")[0])
+        t.set(key, value, path)
+
+    return rule
+
+
+def _adapter_target(t: Translation, value: str, path: str) -> None:
+    if value not in ("vision", "text", "both"):
+        raise DasslConfigError(f"{path}: `{value}` is not one of vision, text, both.")
+    _method_key("adapter", "adapter_target")(t, value, path)
 
 
 def _unavailable(method: str) -> Rule:
@@ -200,8 +208,15 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], Rule]] = {
     "MODEL.ABS_GROUP": _to("abs_group", _bool),
     "MODEL.ABS_GROUP_NAME": _to("abs_group_name", _strs),
     "MODEL.ABS_KEEP": _to("abs_keep", _int),
-    "BIAS.BIAS_TERMS": (_strs, _bias_terms("bias_terms")),
-    "BIAS.BIAS_TERMS_EXCLUDE": (_strs, _bias_terms("bias_terms_exclude")),
+    "BIAS.BIAS_TERMS": (_strs, _method_key("bias", "bias_terms")),
+    "BIAS.BIAS_TERMS_EXCLUDE": (_strs, _method_key("bias", "bias_terms_exclude")),
+    "TRAINER.VPT.PROMPT_LENGTH": (_int, _method_key("prompt", "prompt_length")),
+    "TRAINER.VPT.DEEP": (_bool, _method_key("prompt", "prompt_deep")),
+    "TRAINER.VPT.DROPOUT": (_float, _method_key("prompt", "prompt_dropout")),
+    "TRAINER.VPT.PROJECT": (_int, _method_key("prompt", "prompt_project")),
+    "TRAINER.ADAPTER.REDUCTION": (_int, _method_key("adapter", "adapter_reduction")),
+    "TRAINER.ADAPTER.RATIO": (_float, _method_key("adapter", "adapter_ratio")),
+    "TRAINER.ADAPTER.TARGET": (_str, _adapter_target),
     "DATASET.NAME": (_str, _dataset_name),
     "DATASET.ROOT": _to("dataset_dir", _str),
     "DATASET.NUM_SHOTS": (_int, _num_shots),
@@ -211,8 +226,6 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], Rule]] = {
 }
 UNAVAILABLE = {  # sections of methods this version does not have yet: named, and refused clearly
     "TRAINER.TIP": "Tip-Adapter (finetuning_type: tip)",
-    "TRAINER.VPT": "Visual Prompt Tuning (finetuning_type: prompt)",
-    "TRAINER.ADAPTER": "CLIP-Adapter (finetuning_type: adapter)",
 }
 DASSL_OPTIM_DEFAULTS = {"weight_decay": 5e-4, "momentum": 0.9}  # Dassl's OPTIM defaults when NAME is given
 
@@ -229,7 +242,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 def translate(config: dict[str, Any], path: str = "<dict>") -> Translation:
     translation = Translation(path)
     for key, value in _flatten(config).items():
-        section = next((s for s in UNAVAILABLE if key.startswith(s + ".")), None)
+        section = next((name for name in UNAVAILABLE if key.startswith(name + ".")), None)
         if section is not None:
             _unavailable(UNAVAILABLE[section])(translation, value, f"{path}: {key}")
         if key not in SCHEMA:
