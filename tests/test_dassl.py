@@ -267,3 +267,39 @@ def test_print_command_writes_a_loadable_llamafactory_yaml():
         "abs_keep": 5,
     }
     assert "# OPTIM.LR in " in out.stdout
+
+
+def test_dassl_defaults_apply_once_after_merging_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("OPTIM:\n  NAME: sgd\n  WEIGHT_DECAY: 0.0\n  MOMENTUM: 0.0\n")
+    (tmp_path / "b.yaml").write_text("OPTIM:\n  NAME: adamw\n  LR: 0.001\n")
+    values = translate_files(f"{tmp_path / 'a.yaml'},{tmp_path / 'b.yaml'}").values
+    assert values["clip_optim"] == "adamw" and values["weight_decay"] == 0.0 and values["momentum"] == 0.0
+
+
+def test_epoch_schedule_counts_epochs_like_the_trainer_with_gradient_accumulation(tmp_path):
+    """50 images in batches of 10 with 2 accumulation steps: 3 optimizer steps an epoch (the last one short)."""
+    args = base_args(
+        tmp_path,
+        num_shots=5,
+        per_device_train_batch_size=10,
+        gradient_accumulation_steps=2,
+        num_train_epochs=4,
+        clip_optim="sgd",
+        learning_rate=1.0,
+        epoch_lr_schedule=True,
+        lr_scheduler_type="cosine",
+        do_eval=False,
+    )
+    run_exp(args)
+    logged = [
+        log["learning_rate"]
+        for log in read_json(tmp_path / "trainer_state.json")["log_history"]
+        if "learning_rate" in log
+    ]
+    expected = [(1 + math.cos(math.pi * epoch / 4)) / 2 for epoch in range(4) for _ in range(3)]
+    assert logged == pytest.approx(expected)
+
+
+def test_argv_clip_config_without_a_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--clip_config needs a file"):
+        get_clip_train_args(["--stage", "clip", "--do_train", "--output_dir", str(tmp_path), "--clip_config"])

@@ -219,3 +219,11 @@ def test_subsample_classes_base_and_new_split_the_classes_coop_style(processor):
     assert new.classnames == ["sandal", "shirt", "sneaker", "t-shirt", "trouser"]
     assert base.train.labels.unique().tolist() == [0, 1, 2, 3, 4] == new.eval.labels.unique().tolist()
     assert len(base.train) == 200 and len(new.eval) == 100
+
+
+def test_max_samples_is_a_seeded_random_subset_across_classes(processor):
+    args = ClipDataArguments(dataset="fashion_mnist_train", dataset_dir=str(DATA_DIR), max_samples=100)
+    a = load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
+    b = load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
+    assert len(a.train) == 100 and len(a.train.labels.unique()) == 10  # the folder is sorted by class
+    assert a.train.samples.images == b.train.samples.images

@@ -181,3 +181,15 @@ def test_lora_export_merged_writes_a_standalone_clip(tmp_path):
 def test_export_merged_is_refused_for_methods_a_plain_checkpoint_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="export_merged applies to lora: adapter adds new computation"):
         run_exp(base_args(tmp_path, finetuning_type="adapter", export_merged=True))
+
+
+def test_vpt_prompts_follow_the_base_models_dtype():
+    from peft import get_peft_model
+
+    from llamafactory.clip_finetune.peft_tuners import ClipVptConfig
+
+    clip = CLIPModel.from_pretrained(TINY_CLIP, dtype=torch.float32).double()
+    model = get_peft_model(clip, ClipVptConfig(prompt_project=8))
+    encoder = model.base_model.model.vision_model.encoder
+    assert encoder.clip_vpt_prompts["default"].dtype == torch.float64
+    assert encoder.clip_vpt_project["default"].weight.dtype == torch.float64

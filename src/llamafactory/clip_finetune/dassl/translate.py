@@ -255,6 +255,11 @@ def translate(config: dict[str, Any], path: str = "<dict>") -> Translation:
         except TypeError as err:
             raise DasslConfigError(f"{path}: {key} must be {err}, got {value!r}.") from None
         rule(translation, value, key)
+    return translation
+
+
+def with_optim_defaults(translation: Translation) -> Translation:
+    """Dassl's OPTIM defaults, once all files are merged, for the keys no file set."""
     if "clip_optim" in translation.values:
         for key, default in DASSL_OPTIM_DEFAULTS.items():
             if key not in translation.values:
@@ -284,7 +289,7 @@ def translate_files(paths: str | list[str]) -> Translation:
         part = translate_file(resolve_config(name))
         for key, value in part.values.items():
             merged.set(key, value, f"{part.source[key]} in {part.path}")
-    return merged
+    return with_optim_defaults(merged)
 
 
 def translate_file(path: str) -> Translation:

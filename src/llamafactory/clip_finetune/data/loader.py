@@ -30,13 +30,16 @@ class ClipDatasets:
     spec: ImageSpec
 
 
-def _merge(attrs: list[DatasetAttr], max_samples: int | None) -> Any:
+def _merge(attrs: list[DatasetAttr], max_samples: int | None, seed: int) -> Any:
     parts = [read_samples(attr) for attr in attrs]
-    if max_samples is not None:
+    if max_samples is not None:  # a seeded random subset: files are often sorted by class
         for part in parts:
+            count = len(part.images)
+            keep = sorted(torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:max_samples].tolist())
             for key in vars(part):
                 if key != "classnames":
-                    setattr(part, key, getattr(part, key)[:max_samples])
+                    values = getattr(part, key)
+                    setattr(part, key, [values[i] for i in keep])
     first = parts[0]
     for attr, part in zip(attrs[1:], parts[1:], strict=True):
         if isinstance(part, ClassificationSamples) and part.classnames != first.classnames:
@@ -89,7 +92,7 @@ def load_clip_datasets(data_args: Any, task: str, seed: int, image_processor: An
     spec = ImageSpec.from_processor(image_processor, data_args)
     splits = {"train": data_args.dataset, "eval": data_args.eval_dataset, "val": data_args.val_dataset}
     attrs = {key: get_dataset_attrs(split_names(v), data_args.dataset_dir, task) for key, v in splits.items() if v}
-    samples = {key: _merge(value, data_args.max_samples) for key, value in attrs.items()}
+    samples = {key: _merge(value, data_args.max_samples, seed) for key, value in attrs.items()}
     if task == "classification":
         samples = {key: subsample_classes(value, data_args.subsample_classes) for key, value in samples.items()}
     first_attrs = next(iter(attrs.values()))

@@ -12,7 +12,7 @@ class ClipFinetuningArguments(ClipOptimArguments):
     clip_task: Literal["classification", "image_to_text"] = field(
         default="classification", metadata={"help": "Image classification or image-to-text retrieval."}
     )
-    finetuning_type: Literal["full", "bias", "lora", "adapter", "prompt"] = field(
+    finetuning_type: Literal["full", "bias", "lora", "adapter", "prompt", "tip"] = field(
         default="full", metadata={"help": "Which parameters train."}
     )
     freeze_vision_tower: bool = field(default=False, metadata={"help": "Keep the image tower frozen."})
@@ -47,6 +47,17 @@ class ClipFinetuningArguments(ClipOptimArguments):
     prompt_project: int | None = field(
         default=None, metadata={"help": "prompt: learn prompts of this width, projected to the hidden width."}
     )
+    tip_alpha: float = field(default=1.0, metadata={"help": "tip: weight of the cache logits."})
+    tip_beta: float = field(default=1.0, metadata={"help": "tip: sharpness of the cache affinity."})
+    tip_augment_epoch: int = field(default=10, metadata={"help": "tip: augmented views averaged into each key."})
+    tip_finetune: bool = field(default=False, metadata={"help": "tip: Tip-Adapter-F, learn the keys."})
+    tip_search_best: bool = field(default=False, metadata={"help": "tip: grid-search alpha, beta on val_dataset."})
+    tip_search_scale: list[float] = field(
+        default_factory=lambda: [7.0, 3.0], metadata={"help": "tip: beta, alpha max."}
+    )
+    tip_search_step: list[int] = field(default_factory=lambda: [200, 20], metadata={"help": "tip: grid sizes."})
+    tip_load_cache: bool = field(default=False, metadata={"help": "tip: reuse a compatible cache in tip_cache_dir."})
+    tip_cache_dir: str | None = field(default=None, metadata={"help": "tip: where the cache is read (output_dir)."})
     export_merged: bool = field(
         default=False,
         metadata={"help": "lora: also write output_dir/merged, a standalone CLIP checkpoint with LoRA merged in."},
@@ -89,6 +100,10 @@ class ClipFinetuningArguments(ClipOptimArguments):
                 f"export_merged applies to lora: {self.finetuning_type} adds new computation (an adapter or prompts) "
                 "that a plain CLIP checkpoint cannot hold; load it with PeftModel.from_pretrained instead."
             )
+        if self.finetuning_type == "tip" and self.clip_task != "classification":
+            raise ValueError("finetuning_type tip supports clip_task classification in this version.")
+        if len(self.tip_search_scale) != 2 or len(self.tip_search_step) != 2 or min(self.tip_search_step) < 1:
+            raise ValueError("tip_search_scale and tip_search_step take two values each: [beta, alpha].")
         if self.feature_cache_views < 1:
             raise ValueError(f"feature_cache_views must be at least 1, got {self.feature_cache_views}.")
         if self.abs_keep < 1:

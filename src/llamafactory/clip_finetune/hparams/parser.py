@@ -65,6 +65,8 @@ def with_clip_config(args: dict[str, Any] | list[str]) -> dict[str, Any] | list[
         if not flags:
             return args
         i = flags[0]
+        if "=" not in args[i] and (i + 1 == len(args) or args[i + 1].startswith("--")):
+            raise ValueError("--clip_config needs a file (or a packaged name such as vit_b16) after it.")
         path = args[i].split("=", 1)[1] if "=" in args[i] else args[i + 1]
         rest = args[:i] + args[i + (1 if "=" in args[i] else 2) :]
         given = {item.split("=")[0].lstrip("-"): None for item in rest if item.startswith("--")}
@@ -125,6 +127,8 @@ def _check(model_args, data_args, training_args, finetuning_args) -> None:
         raise ValueError("do_eval needs `eval_dataset` (a name from dataset_info.json in dataset_dir).")
     if data_args.num_shots is not None and finetuning_args.clip_task != "classification":
         raise ValueError("num_shots applies to classification (K images per class); remove it for image_to_text.")
+    if finetuning_args.tip_search_best and not data_args.val_dataset:
+        raise ValueError("tip_search_best searches on the validation split: set val_dataset (never the test set).")
     if data_args.subsample_classes != "all" and finetuning_args.clip_task != "classification":
         raise ValueError("subsample_classes applies to classification.")
     if finetuning_args.epoch_lr_schedule and training_args.lr_scheduler_type not in ("cosine", "constant"):

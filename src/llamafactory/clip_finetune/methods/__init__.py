@@ -5,6 +5,7 @@ from .bias import BiasMethod
 from .full import FullMethod
 from .lora import LoraMethod
 from .prompt import PromptMethod
+from .tip import TipMethod
 
 
 METHODS = {
@@ -13,6 +14,7 @@ METHODS = {
     "lora": LoraMethod,
     "adapter": AdapterMethod,
     "prompt": PromptMethod,
+    "tip": TipMethod,
 }
 
 

@@ -24,6 +24,7 @@ class ClipTaskModel(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         self._mode_set: bool | None = None
+        self.cache: nn.Module | None = None  # a head on the image features (Tip-Adapter's cache), set by the method
 
     def train(self, mode: bool = True) -> "ClipTaskModel":
         """The HF Trainer calls ``train()`` before every step, and walking every submodule is a visible share of a

@@ -48,12 +48,16 @@ class ClassificationTask(nn.Module):
     def class_weights(self, model: nn.Module) -> torch.Tensor:
         return self.encode_classes(model) if self.text_trainable else self.class_features
 
+    @staticmethod
+    def logits(model: nn.Module, image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        logits = model.logit_scale() * image @ weights.to(image.dtype).t()
+        return logits if model.cache is None else logits + model.cache(image)
+
     def forward(
         self, model: nn.Module, pixel_values: torch.Tensor, labels=None, pooled=None, **_: Any
     ) -> dict[str, torch.Tensor]:
         image = model.image_features(pixel_values, pooled)
-        weights = self.class_weights(model)
-        logits = model.logit_scale() * image @ weights.to(image.dtype).t()
+        logits = self.logits(model, image, self.class_weights(model))
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = F.cross_entropy(logits.float(), labels)
@@ -69,8 +73,8 @@ class ClassificationTask(nn.Module):
         k = min(5, len(self.classnames))
         top1, topk = [], []
         for batch in batches:
-            image = model.image_features(batch["pixel_values"])
-            logits = image.float() @ weights.t()
+            image = model.image_features(batch["pixel_values"]).float()
+            logits = self.logits(model, image, weights)
             ranked = logits.topk(k, dim=-1).indices
             labels = batch["labels"]
             hits1, hitsk = gather(((ranked[:, 0] == labels), (ranked == labels[:, None]).any(dim=-1)))

@@ -72,14 +72,16 @@ class ClipTrainer(Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if not getattr(self.optim_args, "epoch_lr_schedule", False) or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
-        steps_per_epoch = max(len(self.get_train_dataloader()) // self.args.gradient_accumulation_steps, 1)
+        # optimizer steps per epoch, rounded up as the Trainer counts them; T is the run's length in epochs
+        steps_per_epoch = max(math.ceil(len(self.get_train_dataloader()) / self.args.gradient_accumulation_steps), 1)
+        total_epochs = max(math.ceil(num_training_steps / steps_per_epoch), 1)
         schedule = "cosine" if self.args.lr_scheduler_type == "cosine" else "constant"
         self.lr_scheduler = epoch_lr_scheduler(
             optimizer or self.optimizer,
             self.optim_args,
             self.args.learning_rate,
             steps_per_epoch,
-            math.ceil(self.args.num_train_epochs),
+            total_epochs,
             schedule,
         )
         return self.lr_scheduler
@@ -110,8 +112,12 @@ class ClipTrainer(Trainer):
             if not os.path.isfile(adapter):
                 raise ValueError(f"resume_from_checkpoint: `{resume_from_checkpoint}` holds no {SAFE_ADAPTER}.")
             result = set_peft_model_state_dict(clip, load_file(adapter))
-            if result.unexpected_keys:
-                raise ValueError(f"{adapter} does not match this adapter: unexpected {result.unexpected_keys[:5]}.")
+            missing = [k for k in result.missing_keys if any(p in k for p in ("lora_", "clip_adapter_", "clip_vpt_"))]
+            if result.unexpected_keys or missing:
+                raise ValueError(
+                    f"{adapter} does not match this adapter (missing {missing[:5]}, "
+                    f"unexpected {result.unexpected_keys[:5]}): resume with the method settings it was saved with."
+                )
             logger.info_rank0(f"Loaded adapter weights from {resume_from_checkpoint}.")
             return
         index = os.path.join(resume_from_checkpoint, SAFE_INDEX)

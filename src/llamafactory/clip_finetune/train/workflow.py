@@ -12,6 +12,7 @@ from ..hparams.parser import get_clip_train_args
 from ..methods import get_method
 from ..methods.abs import abs_callback
 from ..methods.base import log_trainable
+from ..methods.tip import run as tip
 from ..model import ClipTaskModel, load_clip
 from ..tasks import ClassificationTask, ImageToTextTask
 from .feature_cache import image_tower_frozen
@@ -39,7 +40,10 @@ def export_merged(peft_model: Any, processor: Any, path: str) -> None:
 
 
 def feature_cache_views(clip: Any, finetuning_args: Any, training_args: Any) -> int | None:
-    """Views to cache when the image tower is frozen (adapter, text-only methods), unless turned off."""
+    """Views to cache when the image tower is frozen (adapter, text-only methods), unless turned off.
+    Tip-Adapter always builds its keys from ``tip_augment_epoch`` cached views."""
+    if finetuning_args.finetuning_type == "tip":
+        return finetuning_args.tip_augment_epoch if training_args.do_train else None
     use = finetuning_args.feature_cache and training_args.do_train and image_tower_frozen(clip)
     return finetuning_args.feature_cache_views if use else None
 
@@ -68,7 +72,9 @@ def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: l
         feature_cache_views=feature_cache_views(clip, finetuning_args, training_args),
     )
 
-    if training_args.do_train:
+    if finetuning_args.finetuning_type == "tip":
+        run_tip(trainer, datasets, model_args, data_args, training_args, finetuning_args)
+    elif training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()
         if finetuning_args.export_merged and trainer.is_world_process_zero():
@@ -85,6 +91,22 @@ def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: l
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+
+
+def run_tip(trainer, datasets, model_args, data_args, training_args, finetuning_args) -> None:
+    """Training-free: build (or reload) the cache, optionally search alpha/beta. Tip-F: then learn the keys."""
+    if not training_args.do_train:
+        raise ValueError("finetuning_type tip builds its cache from `dataset`: set do_train: true.")
+    header = tip.attach_cache(trainer, datasets, model_args, data_args, finetuning_args)
+    metrics = {}
+    if finetuning_args.tip_finetune:
+        metrics.update(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint).metrics)
+    if finetuning_args.tip_search_best:
+        metrics.update(tip.search(trainer, datasets.val, finetuning_args))
+    tip.save(trainer, header)
+    if metrics:
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
 
 
 def run_clip_training_function(config: dict[str, Any]) -> None:

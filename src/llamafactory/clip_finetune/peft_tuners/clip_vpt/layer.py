@@ -45,6 +45,14 @@ class ClipVptEncoder(nn.Module, BaseTunerLayer):
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters)
 
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device=None) -> None:
+        """PEFT's version reads ``base_layer.weight``, which an encoder has not: follow its first parameter."""
+        reference = next(self.base_layer.parameters())
+        dtype = reference.dtype if reference.dtype.is_floating_point else None
+        for container in (self.clip_vpt_prompts, self.clip_vpt_project):
+            if adapter_name in container:
+                container[adapter_name] = container[adapter_name].to(device or reference.device, dtype=dtype)
+
     def train(self, mode: bool = True) -> "ClipVptEncoder":
         super().train(mode)
         self.base_layer.eval()

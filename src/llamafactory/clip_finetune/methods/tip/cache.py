@@ -1,0 +1,115 @@
+"""The Tip-Adapter cache: keys are image features, values one-hot labels; logits add alpha * exp(-beta (1 - f K^T)) V.
+
+Tip-Adapter-F makes the keys a learnable linear layer initialized from the cache (the values stay fixed).
+"""
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+CACHE_FILE = "tip_cache.safetensors"
+
+
+class TipCache(nn.Module):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, alpha: float, beta: float, learnable: bool):
+        super().__init__()
+        self.keys = nn.Parameter(keys.clone(), requires_grad=learnable)
+        self.register_buffer("values", values.clone())
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Cache logits for L2-normalized image features: alpha * exp(-beta * (1 - f K^T)) V."""
+        affinity = image_features @ self.keys.to(image_features.dtype).t()
+        return self.alpha * torch.exp(-self.beta * (1 - affinity)) @ self.values.to(image_features.dtype)
+
+
+def build_keys(views: torch.Tensor) -> torch.Tensor:
+    """[images, views, dim] normalized features -> keys: the per-image mean over views, re-normalized."""
+    return F.normalize(F.normalize(views, dim=-1).mean(dim=1), dim=-1)
+
+
+def tip_search_grid(scale: list[float], steps: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper code's grids: beta in [0.1, scale[0]) with steps[0] values, alpha likewise with scale[1]."""
+    betas = torch.arange(steps[0]) * (scale[0] - 0.1) / steps[0] + 0.1
+    alphas = torch.arange(steps[1]) * (scale[1] - 0.1) / steps[1] + 0.1
+    return betas, alphas
+
+
+@torch.no_grad()
+def search_alpha_beta(
+    clip_logits: torch.Tensor,
+    affinity: torch.Tensor,
+    values: torch.Tensor,
+    labels: torch.Tensor,
+    betas: torch.Tensor,
+    alphas: torch.Tensor,
+    chunk: int = 8,
+) -> tuple[float, float, float]:
+    """Best (alpha, beta, accuracy) on validation features, every grid point in batched tensor operations."""
+    best = (-1.0, 0.0, 0.0)
+    for start in range(0, len(betas), chunk):
+        beta = betas[start : start + chunk].to(affinity)
+        cache = torch.exp(-beta[:, None, None] * (1 - affinity[None])) @ values.to(affinity)  # [b, n, classes]
+        logits = clip_logits[None, None] + alphas.to(affinity)[None, :, None, None] * cache[:, None]  # [b, a, n, c]
+        accuracy = (logits.argmax(-1) == labels[None, None]).float().mean(-1)  # [b, a]
+        value, flat = accuracy.flatten().max(0)
+        if value.item() > best[0]:
+            b, a = divmod(flat.item(), len(alphas))
+            best = (value.item(), alphas[a].item(), beta[b].item())
+    accuracy, alpha, beta = best
+    return alpha, beta, accuracy
+
+
+@contextmanager
+def locked(directory: str):
+    """An exclusive lock on ``directory`` while two runs may write the same cache."""
+    import fcntl
+
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, ".tip_cache.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def save_cache(cache: TipCache, directory: str, header: dict[str, Any]) -> str:
+    """Atomic write (temporary file, then rename) under the directory's lock; ``header``: what it was built from."""
+    path = os.path.join(directory, CACHE_FILE)
+    with locked(directory):
+        handle, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        os.close(handle)
+        tensors = {"keys": cache.keys.detach().float().cpu().contiguous(), "values": cache.values.float().cpu()}
+        save_file(tensors, tmp, metadata={"tip": json.dumps(header, sort_keys=True)})
+        os.replace(tmp, path)
+    return path
+
+
+def load_cache(directory: str, header: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The cached tensors if ``directory`` holds a cache built from the same things; an error if it differs."""
+    from safetensors import safe_open
+
+    path = os.path.join(directory, CACHE_FILE)
+    if not os.path.isfile(path):
+        return None
+    with locked(directory):
+        with safe_open(path, framework="pt") as f:
+            found = json.loads((f.metadata() or {}).get("tip", "{}"))
+        tensors = load_file(path)
+    differ = {k: (found.get(k), v) for k, v in header.items() if found.get(k) != v}
+    if differ:
+        details = "; ".join(f"{k}: cache has {a!r}, this run {b!r}" for k, (a, b) in differ.items())
+        raise ValueError(
+            f"tip_load_cache: {path} was built from something else ({details}). Use another tip_cache_dir, "
+            "or set tip_load_cache: false to rebuild it."
+        )
+    return tensors

