@@ -51,18 +51,35 @@ def search_alpha_beta(
     labels: torch.Tensor,
     betas: torch.Tensor,
     alphas: torch.Tensor,
-    chunk: int = 8,
+    chunk: int = 16,
 ) -> tuple[float, float, float]:
-    """Best (alpha, beta, accuracy) on validation features, every grid point in batched tensor operations."""
+    """Best (alpha, beta, accuracy) on validation features over the whole grid, in batched tensor operations.
+
+    For one beta and one image, logits are L + alpha * C, linear in alpha, so the image is classified correctly for
+    alpha in an open interval: above -dL/dC for every class whose cache score is lower than the true class's, below
+    it for every class whose score is higher (dL, dC: true class minus other class). Computing that interval per
+    image turns the alpha axis into comparisons instead of argmaxes over [alphas x images x classes].
+    """
+    rows = torch.arange(len(labels), device=affinity.device)
+    d_logit = clip_logits[rows, labels][:, None] - clip_logits  # [n, c]
+    others = torch.ones_like(d_logit, dtype=torch.bool)
+    others[rows, labels] = False
+    alphas = alphas.to(affinity)
     best = (-1.0, 0.0, 0.0)
     for start in range(0, len(betas), chunk):
         beta = betas[start : start + chunk].to(affinity)
-        cache = torch.exp(-beta[:, None, None] * (1 - affinity[None])) @ values.to(affinity)  # [b, n, classes]
-        logits = clip_logits[None, None] + alphas.to(affinity)[None, :, None, None] * cache[:, None]  # [b, a, n, c]
-        accuracy = (logits.argmax(-1) == labels[None, None]).float().mean(-1)  # [b, a]
-        value, flat = accuracy.flatten().max(0)
+        cache = torch.exp(-beta[:, None, None] * (1 - affinity[None])) @ values.to(affinity)  # [b, n, c]
+        d_cache = cache[:, rows, labels][..., None] - cache  # [b, n, c]
+        bound = -d_logit / d_cache
+        inf = torch.full_like(bound, float("inf"))
+        low = torch.where((d_cache > 0) & others, bound, -inf).amax(-1)  # [b, n]
+        high = torch.where((d_cache < 0) & others, bound, inf).amin(-1)
+        flat_ok = ((d_cache == 0) & others & (d_logit <= 0)).any(-1).logical_not()
+        correct = flat_ok[..., None] & (alphas > low[..., None]) & (alphas < high[..., None])  # [b, n, a]
+        accuracy = correct.float().mean(1)  # [b, a]
+        value, index = accuracy.flatten().max(0)
         if value.item() > best[0]:
-            b, a = divmod(flat.item(), len(alphas))
+            b, a = divmod(index.item(), len(alphas))
             best = (value.item(), alphas[a].item(), beta[b].item())
     accuracy, alpha, beta = best
     return alpha, beta, accuracy
