@@ -67,6 +67,15 @@ def test_method_sections_translate():
         "adapter_ratio": 0.2,
         "adapter_target": "vision",
     }
+    tip = translate_files(str(ROOT / "examples/clip/dassl/tip.yaml")).values
+    assert tip == {
+        "finetuning_type": "tip",
+        "tip_load_cache": True,
+        "tip_beta": 1.0,
+        "tip_alpha": 3.0,
+        "tip_augment_epoch": 10,
+        "tip_search_best": True,
+    }
     bias = translate_files(str(ROOT / "examples/clip/dassl/bias.yaml")).values
     assert bias == {
         "finetuning_type": "bias",
@@ -124,7 +133,7 @@ def test_other_common_dassl_keys_translate():
         ({"OPTIM": {"LR_SCHEDULER": "single_step"}}, r"`single_step` is not supported"),
         ({"MODEL": {"BACKBONE": {"NAME": "RN50"}}}, r"MODEL.BACKBONE.NAME: .*ResNet CLIP"),
         ({"TRAIN": {"CHECKPOINT_FREQ": 5}}, r"saving every 5 epochs"),
-        ({"TRAINER": {"TIP": {"alpha": 3.0}}}, r"TRAINER.TIP.alpha: Tip-Adapter .* not available"),
+        ({"TRAINER": {"TIP": {"NEW": True}}}, r"TRAINER.TIP.NEW: the fixed-size cache .* not available"),
         ({"TRAINER": {"VPT": {"DEPTH": 3}}}, r"unknown key TRAINER.VPT.DEPTH \(did you mean TRAINER.VPT.DEEP\?\)"),
         ({"TRAINER": {"ADAPTER": {"TARGET": "all"}}}, r"TRAINER.ADAPTER.TARGET: `all` is not one of"),
     ],

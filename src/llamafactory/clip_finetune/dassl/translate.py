@@ -179,6 +179,14 @@ def _unavailable(method: str) -> Rule:
     return rule
 
 
+def _unavailable_if_true(feature: str) -> Rule:
+    def rule(t: Translation, value: bool, path: str) -> None:
+        if value:
+            raise DasslConfigError(f"{path}: {feature} is not available in this version of the clip stage yet.")
+
+    return rule
+
+
 SCHEMA: dict[str, tuple[Callable[[Any], Any], Rule]] = {
     "DATALOADER.TRAIN_X.BATCH_SIZE": _to("per_device_train_batch_size", _int),
     "DATALOADER.TEST.BATCH_SIZE": _to("per_device_eval_batch_size", _int),
@@ -217,6 +225,13 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], Rule]] = {
     "TRAINER.ADAPTER.REDUCTION": (_int, _method_key("adapter", "adapter_reduction")),
     "TRAINER.ADAPTER.RATIO": (_float, _method_key("adapter", "adapter_ratio")),
     "TRAINER.ADAPTER.TARGET": (_str, _adapter_target),
+    "TRAINER.TIP.LOAD_CACHE": (_bool, _method_key("tip", "tip_load_cache")),
+    "TRAINER.TIP.beta": (_float, _method_key("tip", "tip_beta")),
+    "TRAINER.TIP.alpha": (_float, _method_key("tip", "tip_alpha")),
+    "TRAINER.TIP.AUGMENT_EPOCH": (_int, _method_key("tip", "tip_augment_epoch")),
+    "TRAINER.TIP.search_best": (_bool, _method_key("tip", "tip_search_best")),
+    "TRAINER.TIP.NEW": (_bool, _unavailable_if_true("the fixed-size cache shared across datasets")),
+    "TRAINER.TIP.NEW_DATASET": (_bool, _unavailable_if_true("adding a dataset to the shared fixed-size cache")),
     "DATASET.NAME": (_str, _dataset_name),
     "DATASET.ROOT": _to("dataset_dir", _str),
     "DATASET.NUM_SHOTS": (_int, _num_shots),
@@ -224,9 +239,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], Rule]] = {
     "SEED": _to("seed", _int),
     "OUTPUT_DIR": _to("output_dir", _str),
 }
-UNAVAILABLE = {  # sections of methods this version does not have yet: named, and refused clearly
-    "TRAINER.TIP": "Tip-Adapter (finetuning_type: tip)",
-}
+UNAVAILABLE: dict[str, str] = {}  # sections of methods this version does not have yet: named, refused clearly
 DASSL_OPTIM_DEFAULTS = {"weight_decay": 5e-4, "momentum": 0.9}  # Dassl's OPTIM defaults when NAME is given
 
 
