@@ -46,3 +46,15 @@ class Method:
     def check_trainable(clip: nn.Module, training_args: Any, why: str = "both towers are frozen") -> None:
         if training_args.do_train and not any(p.requires_grad for p in clip.parameters()):
             raise ValueError(f"Nothing to train: {why}.")
+
+
+class PeftMethod(Method):
+    """A method whose new layers PEFT owns: ``peft_config`` says which; everything else is frozen by PEFT."""
+
+    def peft_config(self, finetuning_args: Any) -> Any:
+        raise NotImplementedError
+
+    def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
+        from peft import get_peft_model
+
+        return get_peft_model(clip, self.peft_config(finetuning_args))

@@ -6,7 +6,7 @@ from typing import Any
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from .base import Method
+from .base import PeftMethod
 
 
 TOWER_PREFIXES = {"vision": "vision_model", "text": "text_model"}
@@ -19,10 +19,17 @@ def lora_target_pattern(targets: list[str], towers: list[str]) -> str:
     return rf"^({prefixes})\..*\.({names})$"
 
 
-class LoraMethod(Method):
+class LoraMethod(PeftMethod):
     name = "lora"
 
     def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
+        config = self.peft_config(finetuning_args)  # its own errors pass through unchanged
+        try:
+            return get_peft_model(clip, config)
+        except ValueError as err:
+            raise ValueError(f"lora_target: {finetuning_args.lora_target} matches no module to adapt: {err}") from err
+
+    def peft_config(self, finetuning_args: Any) -> LoraConfig:
         towers = [
             t
             for t, frozen in (
@@ -34,13 +41,9 @@ class LoraMethod(Method):
         if not towers:
             raise ValueError("Nothing to train: freeze_vision_tower and freeze_text_tower are both true.")
         targets = [t.strip() for t in finetuning_args.lora_target.split(",") if t.strip()]
-        config = LoraConfig(
+        return LoraConfig(
             r=finetuning_args.lora_rank,
             lora_alpha=finetuning_args.lora_alpha or 2 * finetuning_args.lora_rank,
             lora_dropout=finetuning_args.lora_dropout,
             target_modules=lora_target_pattern(targets, towers),
         )
-        try:
-            return get_peft_model(clip, config)
-        except ValueError as err:
-            raise ValueError(f"lora_target: {targets} matches no module in the {towers} tower(s): {err}") from err

@@ -2,21 +2,17 @@
 
 from typing import Any
 
-from peft import get_peft_model
-from torch import nn
-
 from ..peft_tuners import ClipVptConfig
-from .base import Method
+from .base import PeftMethod
 
 
-class PromptMethod(Method):
+class PromptMethod(PeftMethod):
     name = "prompt"
 
-    def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
-        config = ClipVptConfig(
+    def peft_config(self, finetuning_args: Any) -> ClipVptConfig:
+        return ClipVptConfig(
             prompt_length=finetuning_args.prompt_length,
             prompt_deep=finetuning_args.prompt_deep,
             prompt_dropout=finetuning_args.prompt_dropout,
             prompt_project=finetuning_args.prompt_project,
         )
-        return get_peft_model(clip, config)
