@@ -5,7 +5,7 @@ Why: tests and examples must finetune CLIP offline on real images, so we ship ti
 subsets of openly licensed data (both sources come from ordinary package registries):
 
 * data/fashion_mnist/   image-folder classification (Fashion-MNIST, MIT, Zalando SE),
-  from the Debian package ``dataset-fashion-mnist``: 40 train + 20 test images per class,
+  from the Debian package ``dataset-fashion-mnist``: 40 train + 10 val + 20 test images per class,
   28x28 RGB PNGs named ``<index in the official split>.png``, plus classnames.txt.
 * data/emoji_captions/  image-caption retrieval (Noto Emoji images, Apache-2.0; names
   from iamcal/emoji-data, MIT), from the npm package ``emoji-datasource-google``:
@@ -50,6 +50,7 @@ FASHION_CLASSES = [
     "ankle boot",
 ]  # label order 0..9
 FASHION_PER_CLASS = {"train": 40, "test": 20}
+FASHION_VAL = 10  # per class, from the official train split, disjoint from the 40 train images
 EMOJI_NPM = "emoji-datasource-google@16.0.0"
 EMOJI_TRAIN, EMOJI_TEST = 200, 40
 
@@ -70,11 +71,15 @@ def build_fashion(src: Path, out: Path) -> None:
         images = read_idx(src / f"{prefix}-images-idx3-ubyte.gz")
         labels = read_idx(src / f"{prefix}-labels-idx1-ubyte.gz")
         for label, name in enumerate(FASHION_CLASSES):
-            folder = out / split / name.replace(" ", "_")
-            folder.mkdir(parents=True)
-            picks = np.sort(rng.permutation(np.flatnonzero(labels == label))[: FASHION_PER_CLASS[split]])
-            for idx in picks:
-                Image.fromarray(images[idx]).convert("RGB").save(folder / f"{idx}.png", optimize=True)
+            perm = rng.permutation(np.flatnonzero(labels == label))
+            count = FASHION_PER_CLASS[split]
+            # the validation split: the next images of the same train permutation, disjoint from train
+            parts = {split: perm[:count]} | ({"val": perm[count : count + FASHION_VAL]} if split == "train" else {})
+            for part, picks in parts.items():
+                folder = out / part / name.replace(" ", "_")
+                folder.mkdir(parents=True)
+                for idx in np.sort(picks):
+                    Image.fromarray(images[idx]).convert("RGB").save(folder / f"{idx}.png", optimize=True)
     (out / "classnames.txt").write_text("\n".join(FASHION_CLASSES) + "\n")
 
 

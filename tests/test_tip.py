@@ -71,7 +71,7 @@ def tip_args(output_dir, **overrides):
         output_dir,
         finetuning_type="tip",
         tip_augment_epoch=2,
-        val_dataset="fashion_mnist_train",
+        val_dataset="fashion_mnist_val",
         tip_search_best=True,
         tip_search_step=[20, 10],
     )
