@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import base_args, read_json
 from llamafactory.train.tuner import run_exp
 from safetensors import safe_open
+from transformers import TrainerCallback
 
 from llamafactory.clip_finetune.methods.tip.cache import TipCache, search_alpha_beta, tip_search_grid
 from llamafactory.clip_finetune.tasks import ClassificationTask
@@ -112,3 +113,29 @@ def test_tip_f_learns_the_keys_only(tmp_path):
 def test_tip_search_refuses_to_run_without_a_validation_split(tmp_path):
     with pytest.raises(ValueError, match="set val_dataset \\(never the test set\\)"):
         run_exp(base_args(tmp_path, finetuning_type="tip", tip_search_best=True))
+
+
+class FirstStepKeys(TrainerCallback):
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if not hasattr(self, "keys"):
+            self.keys = model.cache.keys.detach().clone()
+
+
+def test_tip_f_checkpoints_carry_the_learned_keys_and_resume_restores_them(tmp_path):
+    common = dict(
+        tip_finetune=True,
+        tip_search_best=False,
+        learning_rate=1e-2,
+        save_strategy="steps",
+        save_steps=2,
+        do_eval=False,
+    )
+    run_exp(tip_args(tmp_path, max_steps=2, **common))
+    with safe_open(tmp_path / "checkpoint-2" / "tip_cache.safetensors", framework="pt") as f:
+        saved = f.get_tensor("keys")
+    with safe_open(tmp_path / "tip_cache.safetensors", framework="pt") as f:
+        assert torch.equal(saved, f.get_tensor("keys"))  # the final cache is the step-2 one
+    probe = FirstStepKeys()
+    run_exp(tip_args(tmp_path, max_steps=4, **common), callbacks=[probe])  # resumes from checkpoint-2
+    assert read_json(tmp_path / "trainer_state.json")["global_step"] == 4
+    assert torch.equal(probe.keys.cpu(), saved)  # step 3 started from the learned keys, not from the built cache

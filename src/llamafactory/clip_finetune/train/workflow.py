@@ -100,7 +100,9 @@ def run_tip(trainer, datasets, model_args, data_args, training_args, finetuning_
     header = tip.attach_cache(trainer, datasets, model_args, data_args, finetuning_args)
     metrics = {}
     if finetuning_args.tip_finetune:
+        trainer.add_callback(tip.TipCacheCallback(header))
         metrics.update(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint).metrics)
+        trainer.save_state()
     if finetuning_args.tip_search_best:
         metrics.update(tip.search(trainer, datasets.val, finetuning_args))
     tip.save(trainer, header)

@@ -1,12 +1,15 @@
 """Wiring of Tip-Adapter into a run: build or reload the cache, search alpha/beta on validation, save the cache."""
 
+import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from llamafactory.extras import logging
+from safetensors.torch import load_file
+from transformers import TrainerCallback
 
-from .cache import TipCache, build_keys, load_cache, save_cache, search_alpha_beta, tip_search_grid
+from .cache import CACHE_FILE, TipCache, build_keys, load_cache, save_cache, search_alpha_beta, tip_search_grid
 
 
 logger = logging.get_logger(__name__)
@@ -86,3 +89,22 @@ def save(trainer, header: dict) -> None:
             {**header, "alpha": trainer.model.cache.alpha, "beta": trainer.model.cache.beta},
         )
         logger.info_rank0(f"tip: cache saved to {path}.")
+
+
+class TipCacheCallback(TrainerCallback):
+    """Tip-F: the learned keys travel with every checkpoint and come back on resume."""
+
+    def __init__(self, header: dict):
+        self.header = header
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        checkpoint = args.resume_from_checkpoint
+        if checkpoint and os.path.isfile(os.path.join(checkpoint, CACHE_FILE)):
+            with torch.no_grad():
+                model.cache.keys.copy_(load_file(os.path.join(checkpoint, CACHE_FILE))["keys"].to(model.cache.keys))
+            logger.info_rank0(f"tip: learned keys restored from {checkpoint}.")
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(checkpoint):
+            save_cache(model.cache, checkpoint, self.header)
