@@ -139,3 +139,27 @@ def test_tip_f_checkpoints_carry_the_learned_keys_and_resume_restores_them(tmp_p
     run_exp(tip_args(tmp_path, max_steps=4, **common), callbacks=[probe])  # resumes from checkpoint-2
     assert read_json(tmp_path / "trainer_state.json")["global_step"] == 4
     assert torch.equal(probe.keys.cpu(), saved)  # step 3 started from the learned keys, not from the built cache
+
+
+def test_image_to_text_query_is_the_residual_text_space_feature():
+    from llamafactory.clip_finetune.tasks import ImageToTextTask
+
+    torch.manual_seed(2)
+    f = F.normalize(torch.randn(6, 16), dim=-1)
+    keys = F.normalize(torch.randn(9, 16), dim=-1)
+    values = F.normalize(torch.randn(9, 16), dim=-1)  # caption features of the cached images
+    alpha, beta = 0.7, 3.0
+    got = ImageToTextTask.query(_Model(TipCache(keys, values, alpha, beta, learnable=False), 100.0), f)
+    expected = F.normalize(f + alpha * torch.exp(-beta * (1 - f @ keys.t())) @ values, dim=-1)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_image_to_text_tip_caches_caption_features(tmp_path):
+    from conftest import i2t_args
+
+    run_exp(i2t_args(tmp_path, finetuning_type="tip", tip_augment_epoch=2))
+    with safe_open(tmp_path / "tip_cache.safetensors", framework="pt") as f:
+        keys, values = f.get_tensor("keys"), f.get_tensor("values")
+    assert keys.shape == values.shape == (48, 32)  # max_samples images, projection dim
+    assert torch.allclose(values.norm(dim=-1), torch.ones(48), atol=1e-5)
+    assert {"eval_i2t_r1", "eval_t2i_r10"} <= set(read_json(tmp_path / "all_results.json"))

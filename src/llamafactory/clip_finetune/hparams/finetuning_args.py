@@ -100,8 +100,8 @@ class ClipFinetuningArguments(ClipOptimArguments):
                 f"export_merged applies to lora: {self.finetuning_type} adds new computation (an adapter or prompts) "
                 "that a plain CLIP checkpoint cannot hold; load it with PeftModel.from_pretrained instead."
             )
-        if self.finetuning_type == "tip" and self.clip_task != "classification":
-            raise ValueError("finetuning_type tip supports clip_task classification in this version.")
+        if self.tip_search_best and self.clip_task != "classification":
+            raise ValueError("tip_search_best searches on classification accuracy; set tip_alpha, tip_beta instead.")
         if len(self.tip_search_scale) != 2 or len(self.tip_search_step) != 2 or min(self.tip_search_step) < 1:
             raise ValueError("tip_search_scale and tip_search_step take two values each: [beta, alpha].")
         if self.feature_cache_views < 1:

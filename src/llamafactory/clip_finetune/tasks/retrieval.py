@@ -41,7 +41,7 @@ class ImageToTextTask(nn.Module):
     def forward(
         self, model: nn.Module, pixel_values: torch.Tensor, input_ids=None, attention_mask=None, pooled=None, **_: Any
     ):
-        image = model.image_features(pixel_values, pooled)
+        image = self.query(model, model.image_features(pixel_values, pooled))
         if input_ids is None:
             return {"logits": image}
         text = model.text_features(input_ids, attention_mask)
@@ -50,6 +50,12 @@ class ImageToTextTask(nn.Module):
         loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
         return {"loss": loss, "logits": logits}
 
+    @staticmethod
+    def query(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        """With a cache (Tip-Adapter), the query moves toward the caption features of similar training images:
+        normalize(f + alpha * A V_text)."""
+        return image if model.cache is None else F.normalize(image + model.cache(image), dim=-1)
+
     def setup(self, model: nn.Module) -> None:
         return None
 
@@ -57,7 +63,9 @@ class ImageToTextTask(nn.Module):
     def evaluate(
         self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], gather: Callable, dataset
     ) -> dict:
-        images = torch.cat([gather(model.image_features(batch["pixel_values"]).float()) for batch in batches])
+        images = torch.cat(
+            [gather(self.query(model, model.image_features(batch["pixel_values"]).float())) for batch in batches]
+        )
         device = images.device
         chunk = 1024
         texts = torch.cat(

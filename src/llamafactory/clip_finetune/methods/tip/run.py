@@ -25,8 +25,26 @@ def cache_header(model_args: Any, data_args: Any, finetuning_args: Any, seed: in
         "augment_epoch": finetuning_args.tip_augment_epoch,
         "feature_dim": dim,
         "finetuned": finetuning_args.tip_finetune,
-        "classnames": list(classnames),
+        "classnames": list(classnames or []),
     }
+
+
+@torch.no_grad()
+def cache_values(model, train, classnames, device) -> torch.Tensor:
+    """Classification: one-hot labels. image_to_text: each image's mean caption feature (frozen text tower)."""
+    if classnames is not None:
+        return F.one_hot(train.labels, len(classnames)).float()
+    texts = torch.cat(
+        [
+            model.text_features(
+                train.input_ids[i : i + 1024].to(device), train.attention_mask[i : i + 1024].to(device)
+            )
+            for i in range(0, len(train.input_ids), 1024)
+        ]
+    ).float()
+    owner = train.caption_image.to(device)
+    summed = torch.zeros(len(train), texts.shape[1], device=device).index_add_(0, owner, texts)
+    return F.normalize(summed, dim=-1)
 
 
 @torch.no_grad()
@@ -49,7 +67,7 @@ def attach_cache(trainer, datasets, model_args, data_args, finetuning_args) -> d
             ]
         )
         keys = build_keys(views)
-        values = F.one_hot(datasets.train.labels, len(datasets.classnames)).float()
+        values = cache_values(model, datasets.train, datasets.classnames, args.device)
         logger.info_rank0(f"tip: cache of {len(keys)} keys from {pooled.shape[1]} augmented views per image.")
     learnable = finetuning_args.tip_finetune
     model.cache = TipCache(keys, values, finetuning_args.tip_alpha, finetuning_args.tip_beta, learnable).to(
