@@ -75,6 +75,8 @@ def test_method_sections_translate():
         "tip_alpha": 3.0,
         "tip_augment_epoch": 10,
         "tip_search_best": True,
+        "tip_fixed_cache": False,
+        "tip_new_dataset": False,
     }
     bias = translate_files(str(ROOT / "examples/clip/dassl/bias.yaml")).values
     assert bias == {
@@ -133,7 +135,7 @@ def test_other_common_dassl_keys_translate():
         ({"OPTIM": {"LR_SCHEDULER": "single_step"}}, r"`single_step` is not supported"),
         ({"MODEL": {"BACKBONE": {"NAME": "RN50"}}}, r"MODEL.BACKBONE.NAME: .*ResNet CLIP"),
         ({"TRAIN": {"CHECKPOINT_FREQ": 5}}, r"saving every 5 epochs"),
-        ({"TRAINER": {"TIP": {"NEW": True}}}, r"TRAINER.TIP.NEW: the fixed-size cache .* not available"),
+        ({"TRAINER": {"TIP": {"NEW": "yes"}}}, r"TRAINER.TIP.NEW must be True or False"),
         ({"TRAINER": {"VPT": {"DEPTH": 3}}}, r"unknown key TRAINER.VPT.DEPTH \(did you mean TRAINER.VPT.DEEP\?\)"),
         ({"TRAINER": {"ADAPTER": {"TARGET": "all"}}}, r"TRAINER.ADAPTER.TARGET: `all` is not one of"),
     ],

@@ -163,3 +163,52 @@ def test_image_to_text_tip_caches_caption_features(tmp_path):
     assert keys.shape == values.shape == (48, 32)  # max_samples images, projection dim
     assert torch.allclose(values.norm(dim=-1), torch.ones(48), atol=1e-5)
     assert {"eval_i2t_r1", "eval_t2i_r10"} <= set(read_json(tmp_path / "all_results.json"))
+
+
+def clustered(classes, per_class, dim, seed):
+    """Unit features around one random direction per class."""
+    generator = torch.Generator().manual_seed(seed)
+    centers = F.normalize(torch.randn(classes, dim, generator=generator), dim=-1)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    noise = 0.1 * torch.randn(len(labels), dim, generator=generator)
+    return F.normalize(centers[labels] + noise, dim=-1), labels
+
+
+def test_shared_fixed_cache_keeps_its_shapes_over_three_datasets_and_serves_each_its_own_classes(tmp_path):
+    from llamafactory.clip_finetune.methods.tip.shared import SharedCache
+
+    cache = SharedCache(size=30, dim=16)
+    data = {name: clustered(5, 20, 16, seed) for seed, name in enumerate(("a", "b", "c"))}
+    for name, (features, labels) in data.items():
+        cache.add(name, [f"class{i}" for i in range(5)], features, labels)
+        assert cache.keys.shape == (30, 16) and cache.labels.shape == (30,) and cache.counts.shape == (30,)
+    assert len(cache.names) == 15 and cache.counts.sum().item() == 300  # every image is summarized once
+    assert (cache.labels >= 0).all() and torch.allclose(cache.keys.norm(dim=-1), torch.ones(30), atol=1e-5)
+
+    features, labels = data["a"]
+    keys, values = cache.restricted("a", [f"class{i}" for i in range(5)])
+    assert values.shape[1] == 5 and (values.sum(0) >= 1).all()  # every class of `a` keeps a slot
+    scores = torch.exp(-5 * (1 - features @ keys.t())) @ values
+    assert (scores.argmax(-1) == labels).float().mean() > 0.95  # `a` is still served after adding b and c
+
+    cache.save(str(tmp_path), {"checkpoint": "x", "feature_dim": 16})
+    again = SharedCache.load(str(tmp_path), 30, {"checkpoint": "x", "feature_dim": 16})
+    assert again.names == cache.names and torch.equal(again.keys, cache.keys)
+    with pytest.raises(ValueError, match="checkpoint: cache has 'x', this run 'y'"):
+        SharedCache.load(str(tmp_path), 30, {"checkpoint": "y", "feature_dim": 16})
+    with pytest.raises(ValueError, match="already holds dataset `a`"):
+        cache.add("a", ["class0"], features[:1], labels[:1])
+    with pytest.raises(ValueError, match="tip_cache_size 10 is smaller than the 15 classes"):
+        small = SharedCache(size=10, dim=16)
+        for name, (f, y) in data.items():
+            small.add(name, [f"class{i}" for i in range(5)], f, y)
+
+
+def test_fixed_cache_run_adds_the_dataset_then_reuses_the_shared_cache(tmp_path):
+    shared = tmp_path / "shared"
+    common = dict(tip_fixed_cache=True, tip_cache_size=25, tip_cache_dir=str(shared), tip_search_best=False)
+    run_exp(tip_args(tmp_path / "add", tip_new_dataset=True, **common))
+    first = read_json(tmp_path / "add" / "all_results.json")["eval_accuracy"]
+    assert (shared / "tip_shared_cache.safetensors").is_file()
+    run_exp(tip_args(tmp_path / "use", tip_new_dataset=False, **common))
+    assert read_json(tmp_path / "use" / "all_results.json")["eval_accuracy"] == first

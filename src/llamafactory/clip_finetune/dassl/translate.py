@@ -172,21 +172,6 @@ def _adapter_target(t: Translation, value: str, path: str) -> None:
     _method_key("adapter", "adapter_target")(t, value, path)
 
 
-def _unavailable(method: str) -> Rule:
-    def rule(t: Translation, value: Any, path: str) -> None:
-        raise DasslConfigError(f"{path}: {method} is not available in this version of the clip stage yet.")
-
-    return rule
-
-
-def _unavailable_if_true(feature: str) -> Rule:
-    def rule(t: Translation, value: bool, path: str) -> None:
-        if value:
-            raise DasslConfigError(f"{path}: {feature} is not available in this version of the clip stage yet.")
-
-    return rule
-
-
 SCHEMA: dict[str, tuple[Callable[[Any], Any], Rule]] = {
     "DATALOADER.TRAIN_X.BATCH_SIZE": _to("per_device_train_batch_size", _int),
     "DATALOADER.TEST.BATCH_SIZE": _to("per_device_eval_batch_size", _int),
@@ -230,8 +215,8 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], Rule]] = {
     "TRAINER.TIP.alpha": (_float, _method_key("tip", "tip_alpha")),
     "TRAINER.TIP.AUGMENT_EPOCH": (_int, _method_key("tip", "tip_augment_epoch")),
     "TRAINER.TIP.search_best": (_bool, _method_key("tip", "tip_search_best")),
-    "TRAINER.TIP.NEW": (_bool, _unavailable_if_true("the fixed-size cache shared across datasets")),
-    "TRAINER.TIP.NEW_DATASET": (_bool, _unavailable_if_true("adding a dataset to the shared fixed-size cache")),
+    "TRAINER.TIP.NEW": (_bool, _method_key("tip", "tip_fixed_cache")),
+    "TRAINER.TIP.NEW_DATASET": (_bool, _method_key("tip", "tip_new_dataset")),
     "DATASET.NAME": (_str, _dataset_name),
     "DATASET.ROOT": _to("dataset_dir", _str),
     "DATASET.NUM_SHOTS": (_int, _num_shots),
@@ -239,7 +224,6 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], Rule]] = {
     "SEED": _to("seed", _int),
     "OUTPUT_DIR": _to("output_dir", _str),
 }
-UNAVAILABLE: dict[str, str] = {}  # sections of methods this version does not have yet: named, refused clearly
 DASSL_OPTIM_DEFAULTS = {"weight_decay": 5e-4, "momentum": 0.9}  # Dassl's OPTIM defaults when NAME is given
 
 
@@ -255,9 +239,6 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 def translate(config: dict[str, Any], path: str = "<dict>") -> Translation:
     translation = Translation(path)
     for key, value in _flatten(config).items():
-        section = next((name for name in UNAVAILABLE if key.startswith(name + ".")), None)
-        if section is not None:
-            _unavailable(UNAVAILABLE[section])(translation, value, f"{path}: {key}")
         if key not in SCHEMA:
             close = difflib.get_close_matches(key, list(SCHEMA), n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]}?)" if close else ""

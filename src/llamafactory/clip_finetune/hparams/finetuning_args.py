@@ -57,6 +57,13 @@ class ClipFinetuningArguments(ClipOptimArguments):
     )
     tip_search_step: list[int] = field(default_factory=lambda: [200, 20], metadata={"help": "tip: grid sizes."})
     tip_load_cache: bool = field(default=False, metadata={"help": "tip: reuse a compatible cache in tip_cache_dir."})
+    tip_fixed_cache: bool = field(
+        default=False, metadata={"help": "tip: use the fixed-size cache shared across datasets in tip_cache_dir."}
+    )
+    tip_cache_size: int = field(default=100, metadata={"help": "tip: slots of the shared fixed-size cache."})
+    tip_new_dataset: bool = field(
+        default=False, metadata={"help": "tip: add this dataset to the shared cache (false: use it as it is)."}
+    )
     tip_cache_dir: str | None = field(default=None, metadata={"help": "tip: where the cache is read (output_dir)."})
     export_merged: bool = field(
         default=False,
@@ -100,6 +107,8 @@ class ClipFinetuningArguments(ClipOptimArguments):
                 f"export_merged applies to lora: {self.finetuning_type} adds new computation (an adapter or prompts) "
                 "that a plain CLIP checkpoint cannot hold; load it with PeftModel.from_pretrained instead."
             )
+        if self.tip_fixed_cache and self.clip_task != "classification":
+            raise ValueError("tip_fixed_cache holds class labels: use it with clip_task classification.")
         if self.tip_search_best and self.clip_task != "classification":
             raise ValueError("tip_search_best searches on classification accuracy; set tip_alpha, tip_beta instead.")
         if len(self.tip_search_scale) != 2 or len(self.tip_search_step) != 2 or min(self.tip_search_step) < 1:

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from .cache import CACHE_FILE, TipCache, build_keys, load_cache, save_cache, search_alpha_beta, tip_search_grid
+from .shared import SharedCache
 
 
 logger = logging.get_logger(__name__)
@@ -48,6 +49,37 @@ def cache_values(model, train, classnames, device) -> torch.Tensor:
 
 
 @torch.no_grad()
+def image_keys(trainer) -> torch.Tensor:
+    """Per-image keys from the feature cache: the projected views, averaged and re-normalized."""
+    model, args = trainer.model, trainer.args
+    pooled = trainer.train_dataset.features  # [images, views, width]
+    views = torch.cat(
+        [
+            model.clip.visual_projection(pooled[i : i + 1024].to(args.device)).float()
+            for i in range(0, len(pooled), 1024)
+        ]
+    )
+    return build_keys(views)
+
+
+@torch.no_grad()
+def shared_keys_values(trainer, datasets, model_args, data_args, finetuning_args, directory, dim):
+    """The shared fixed-size cache: optionally add this dataset, then keep only this dataset's slots."""
+    header = {"checkpoint": model_args.model_name_or_path, "feature_dim": dim}
+    size = finetuning_args.tip_cache_size
+    shared = SharedCache.load(directory, size, header) or SharedCache(size, dim)
+    name = data_args.dataset
+    if finetuning_args.tip_new_dataset:
+        shared.add(name, datasets.classnames, image_keys(trainer).cpu(), datasets.train.labels)
+        if trainer.is_world_process_zero():
+            shared.save(directory, header)
+        logger.info_rank0(f"tip: added `{name}` to the shared cache ({size} slots, {len(shared.names)} labels).")
+    keys, values = shared.restricted(name, datasets.classnames)
+    logger.info_rank0(f"tip: {len(keys)} of the {size} shared slots hold `{name}`'s classes.")
+    return keys, values
+
+
+@torch.no_grad()
 def attach_cache(trainer, datasets, model_args, data_args, finetuning_args) -> dict:
     """Put a TipCache on the model: reloaded when allowed and compatible, else built from the cached views."""
     model, args = trainer.model, trainer.args
@@ -55,20 +87,16 @@ def attach_cache(trainer, datasets, model_args, data_args, finetuning_args) -> d
     header = cache_header(model_args, data_args, finetuning_args, args.seed, datasets.classnames, dim)
     directory = finetuning_args.tip_cache_dir or args.output_dir
     tensors = load_cache(directory, header) if finetuning_args.tip_load_cache else None
-    if tensors is not None:
+    if finetuning_args.tip_fixed_cache:
+        keys, values = shared_keys_values(trainer, datasets, model_args, data_args, finetuning_args, directory, dim)
+    elif tensors is not None:
         keys, values = tensors["keys"], tensors["values"]
         logger.info_rank0(f"tip: reloaded the cache of {len(keys)} keys from {directory}.")
     else:
-        pooled = trainer.train_dataset.features  # [images, views, width] from the feature cache
-        views = torch.cat(
-            [
-                model.clip.visual_projection(pooled[i : i + 1024].to(args.device)).float()
-                for i in range(0, len(pooled), 1024)
-            ]
-        )
-        keys = build_keys(views)
+        keys = image_keys(trainer)
         values = cache_values(model, datasets.train, datasets.classnames, args.device)
-        logger.info_rank0(f"tip: cache of {len(keys)} keys from {pooled.shape[1]} augmented views per image.")
+        views = trainer.train_dataset.features.shape[1]
+        logger.info_rank0(f"tip: cache of {len(keys)} keys from {views} augmented views per image.")
     learnable = finetuning_args.tip_finetune
     model.cache = TipCache(keys, values, finetuning_args.tip_alpha, finetuning_args.tip_beta, learnable).to(
         args.device
