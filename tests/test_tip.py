@@ -212,3 +212,12 @@ def test_fixed_cache_run_adds_the_dataset_then_reuses_the_shared_cache(tmp_path)
     assert (shared / "tip_shared_cache.safetensors").is_file()
     run_exp(tip_args(tmp_path / "use", tip_new_dataset=False, **common))
     assert read_json(tmp_path / "use" / "all_results.json")["eval_accuracy"] == first
+
+
+def test_affinity_powers_match_exp_for_even_and_uneven_betas():
+    from llamafactory.clip_finetune.methods.tip.cache import affinity_powers
+
+    affinity = torch.rand(50, 7) * 2 - 1
+    for betas in (torch.arange(16) * 0.35 + 0.1, torch.tensor([0.1, 0.5, 3.0, 3.2])):
+        for beta, got in zip(betas, affinity_powers(affinity, betas), strict=True):
+            assert torch.allclose(got, torch.exp(-beta * (1 - affinity)), rtol=1e-5)

@@ -43,6 +43,21 @@ def tip_search_grid(scale: list[float], steps: list[int]) -> tuple[torch.Tensor,
     return betas, alphas
 
 
+def affinity_powers(affinity: torch.Tensor, beta: torch.Tensor):
+    """exp(-beta_i (1 - A)) for each beta: for evenly spaced betas one exp, then a multiply per step (cheaper)."""
+    gaps = beta[1:] - beta[:-1]
+    if len(beta) > 2 and not torch.allclose(gaps, gaps[0].expand_as(gaps)):
+        yield from (torch.exp(-b * (1 - affinity)) for b in beta)
+        return
+    current = torch.exp(-beta[0] * (1 - affinity))
+    yield current
+    if len(beta) > 1:
+        step = torch.exp(-(beta[1] - beta[0]) * (1 - affinity))
+        for _ in range(len(beta) - 1):
+            current = current * step
+            yield current
+
+
 @torch.no_grad()
 def search_alpha_beta(
     clip_logits: torch.Tensor,
@@ -65,10 +80,11 @@ def search_alpha_beta(
     others = torch.ones_like(d_logit, dtype=torch.bool)
     others[rows, labels] = False
     alphas = alphas.to(affinity)
+    values = values.to(affinity)
     best = (-1.0, 0.0, 0.0)
     for start in range(0, len(betas), chunk):
         beta = betas[start : start + chunk].to(affinity)
-        cache = torch.exp(-beta[:, None, None] * (1 - affinity[None])) @ values.to(affinity)  # [b, n, c]
+        cache = torch.stack([powers @ values for powers in affinity_powers(affinity, beta)])  # [b, n, c]
         d_cache = cache[:, rows, labels][..., None] - cache  # [b, n, c]
         bound = -d_logit / d_cache
         inf = torch.full_like(bound, float("inf"))
