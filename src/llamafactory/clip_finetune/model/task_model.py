@@ -62,6 +62,16 @@ class ClipTaskModel(nn.Module):
         pooled = clip.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
         return F.normalize(clip.text_projection(pooled), dim=-1)
 
+    def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """``text_features`` over many token rows, ``chunk`` at a time, on the model's device."""
+        device = self.pixel_mean.device
+        return torch.cat(
+            [
+                self.text_features(input_ids[i : i + chunk].to(device), attention_mask[i : i + chunk].to(device))
+                for i in range(0, len(input_ids), chunk)
+            ]
+        )
+
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp().clamp(max=100)
 

@@ -27,13 +27,8 @@ class ClassificationTask(nn.Module):
         self.register_buffer("prompt_mask", tokens["attention_mask"], persistent=False)
         self.register_buffer("class_features", torch.empty(0), persistent=False)
 
-    def encode_classes(self, model: nn.Module, chunk: int = 1024) -> torch.Tensor:
-        feats = torch.cat(
-            [
-                model.text_features(self.prompt_ids[i : i + chunk], self.prompt_mask[i : i + chunk])
-                for i in range(0, len(self.prompt_ids), chunk)
-            ]
-        )
+    def encode_classes(self, model: nn.Module) -> torch.Tensor:
+        feats = model.encode_texts(self.prompt_ids, self.prompt_mask)
         feats = feats.view(len(self.classnames), len(self.templates), -1).mean(dim=1)
         return F.normalize(feats, dim=-1)
 

@@ -66,14 +66,5 @@ class ImageToTextTask(nn.Module):
         images = torch.cat(
             [gather(self.query(model, model.image_features(batch["pixel_values"]).float())) for batch in batches]
         )
-        device = images.device
-        chunk = 1024
-        texts = torch.cat(
-            [
-                model.text_features(
-                    dataset.input_ids[i : i + chunk].to(device), dataset.attention_mask[i : i + chunk].to(device)
-                )
-                for i in range(0, len(dataset.input_ids), chunk)
-            ]
-        ).float()
+        texts = model.encode_texts(dataset.input_ids, dataset.attention_mask).float()
         return recall_at_k(images @ texts.t(), dataset.caption_image)

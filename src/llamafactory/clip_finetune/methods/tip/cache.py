@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -115,34 +116,50 @@ def locked(directory: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def save_cache(cache: TipCache, directory: str, header: dict[str, Any]) -> str:
+def write_tensors(directory: str, name: str, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> str:
     """Atomic write (temporary file, then rename) under the directory's lock; ``header``: what it was built from."""
-    path = os.path.join(directory, CACHE_FILE)
+    path = os.path.join(directory, name)
     with locked(directory):
         handle, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
         os.close(handle)
-        tensors = {"keys": cache.keys.detach().float().cpu().contiguous(), "values": cache.values.float().cpu()}
         save_file(tensors, tmp, metadata={"tip": json.dumps(header, sort_keys=True)})
         os.replace(tmp, path)
     return path
 
 
-def load_cache(directory: str, header: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-    """The cached tensors if ``directory`` holds a cache built from the same things; an error if it differs."""
-    from safetensors import safe_open
-
-    path = os.path.join(directory, CACHE_FILE)
+def read_tensors(directory: str, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The tensors and header of ``directory/name`` (None if absent), read under the directory's lock."""
+    path = os.path.join(directory, name)
     if not os.path.isfile(path):
         return None
     with locked(directory):
         with safe_open(path, framework="pt") as f:
             found = json.loads((f.metadata() or {}).get("tip", "{}"))
-        tensors = load_file(path)
-    differ = {k: (found.get(k), v) for k, v in header.items() if found.get(k) != v}
-    if differ:
-        details = "; ".join(f"{k}: cache has {a!r}, this run {b!r}" for k, (a, b) in differ.items())
+        return load_file(path), found
+
+
+def header_mismatch(found: dict[str, Any], header: dict[str, Any]) -> str:
+    """What differs between a saved header and this run's (empty when compatible)."""
+    return "; ".join(
+        f"{k}: cache has {found.get(k)!r}, this run {v!r}" for k, v in header.items() if found.get(k) != v
+    )
+
+
+def save_cache(cache: TipCache, directory: str, header: dict[str, Any]) -> str:
+    tensors = {"keys": cache.keys.detach().float().cpu().contiguous(), "values": cache.values.float().cpu()}
+    return write_tensors(directory, CACHE_FILE, tensors, header)
+
+
+def load_cache(directory: str, header: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The cached tensors if ``directory`` holds a cache built from the same things; an error if it differs."""
+    saved = read_tensors(directory, CACHE_FILE)
+    if saved is None:
+        return None
+    tensors, found = saved
+    details = header_mismatch(found, header)
+    if details:
         raise ValueError(
-            f"tip_load_cache: {path} was built from something else ({details}). Use another tip_cache_dir, "
-            "or set tip_load_cache: false to rebuild it."
+            f"tip_load_cache: {os.path.join(directory, CACHE_FILE)} was built from something else ({details}). "
+            "Use another tip_cache_dir, or set tip_load_cache: false to rebuild it."
         )
     return tensors

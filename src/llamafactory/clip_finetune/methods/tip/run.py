@@ -35,14 +35,7 @@ def cache_values(model, train, classnames, device) -> torch.Tensor:
     """Classification: one-hot labels. image_to_text: each image's mean caption feature (frozen text tower)."""
     if classnames is not None:
         return F.one_hot(train.labels, len(classnames)).float()
-    texts = torch.cat(
-        [
-            model.text_features(
-                train.input_ids[i : i + 1024].to(device), train.attention_mask[i : i + 1024].to(device)
-            )
-            for i in range(0, len(train.input_ids), 1024)
-        ]
-    ).float()
+    texts = model.encode_texts(train.input_ids, train.attention_mask).float()
     owner = train.caption_image.to(device)
     summed = torch.zeros(len(train), texts.shape[1], device=device).index_add_(0, owner, texts)
     return F.normalize(summed, dim=-1)
@@ -86,7 +79,8 @@ def attach_cache(trainer, datasets, model_args, data_args, finetuning_args) -> d
     dim = model.clip.config.projection_dim
     header = cache_header(model_args, data_args, finetuning_args, args.seed, datasets.classnames, dim)
     directory = finetuning_args.tip_cache_dir or args.output_dir
-    tensors = load_cache(directory, header) if finetuning_args.tip_load_cache else None
+    use_saved = finetuning_args.tip_load_cache and not finetuning_args.tip_fixed_cache
+    tensors = load_cache(directory, header) if use_saved else None
     if finetuning_args.tip_fixed_cache:
         keys, values = shared_keys_values(trainer, datasets, model_args, data_args, finetuning_args, directory, dim)
     elif tensors is not None:

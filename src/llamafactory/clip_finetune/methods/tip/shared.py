@@ -8,15 +8,12 @@ never grow with the number of datasets (only the list of label names does). At i
 the current dataset's labels, mapped back to its class indices.
 """
 
-import json
 import os
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .cache import locked
+from .cache import header_mismatch, read_tensors, write_tensors
 
 
 SHARED_FILE = "tip_shared_cache.safetensors"
@@ -104,31 +101,20 @@ class SharedCache:
         return self.keys[mask], F.one_hot(local[mask], len(classnames)).float()
 
     def save(self, directory: str, header: dict) -> str:
-        path = os.path.join(directory, SHARED_FILE)
-        with locked(directory):
-            tmp = path + ".tmp"
-            tensors = {"keys": self.keys, "counts": self.counts, "labels": self.labels}
-            save_file(tensors, tmp, metadata={"tip": json.dumps({**header, "names": self.names}, sort_keys=True)})
-            os.replace(tmp, path)
-        return path
+        tensors = {"keys": self.keys, "counts": self.counts, "labels": self.labels}
+        return write_tensors(directory, SHARED_FILE, tensors, {**header, "names": self.names})
 
     @classmethod
     def load(cls, directory: str, size: int, header: dict) -> "SharedCache | None":
-        path = os.path.join(directory, SHARED_FILE)
-        if not os.path.isfile(path):
+        saved = read_tensors(directory, SHARED_FILE)
+        if saved is None:
             return None
-        with locked(directory), safe_open(path, framework="pt") as f:
-            meta = json.loads(f.metadata()["tip"])
-            tensors = {k: f.get_tensor(k) for k in ("keys", "counts", "labels")}
-        differ = {k: (meta.get(k), v) for k, v in header.items() if meta.get(k) != v}
-        if differ or len(tensors["keys"]) != size:
-            details = "; ".join(f"{k}: cache has {a!r}, this run {b!r}" for k, (a, b) in differ.items())
+        tensors, found = saved
+        details = header_mismatch(found, header)
+        if details or len(tensors["keys"]) != size:
+            path = os.path.join(directory, SHARED_FILE)
             raise ValueError(f"tip_fixed_cache: {path} does not fit this run ({details or 'another tip_cache_size'}).")
         cache = cls(size, tensors["keys"].shape[1])
-        cache.keys, cache.counts, cache.labels, cache.names = (
-            tensors["keys"],
-            tensors["counts"],
-            tensors["labels"],
-            meta["names"],
-        )
+        cache.keys, cache.counts, cache.labels = tensors["keys"], tensors["counts"], tensors["labels"]
+        cache.names = found["names"]
         return cache
