@@ -99,7 +99,8 @@ class CachedViewsDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> dict[str, Any]:
         index = torch.as_tensor(indices)
         views = torch.randint(self.features.shape[1], (len(index),))
-        return {"pooled": self.features[index, views], **self.batch_targets(index)}
+        device = self.features.device  # the gather runs where the features live (the GPU when they fit there)
+        return {"pooled": self.features[index.to(device), views.to(device)], **self.batch_targets(index)}
 
 
 def collated(batch: dict[str, Any]) -> dict[str, Any]:

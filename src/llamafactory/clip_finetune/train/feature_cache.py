@@ -16,11 +16,27 @@ def image_tower_frozen(clip: torch.nn.Module) -> bool:
     return not any(p.requires_grad for p in clip.vision_model.parameters())
 
 
+DEVICE_SHARE = 0.25  # the cache stays on the accelerator when it takes at most this share of its free memory
+
+
+def cache_device(args, nbytes: int) -> torch.device:
+    """Where the cached features live: on the accelerator when they fit easily, so that a training step gathers its
+    batch there with no host-to-device copy; otherwise in host memory."""
+    if args.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(args.device)
+        if nbytes <= DEVICE_SHARE * free:
+            return args.device
+        logger.info_rank0(f"feature cache: {nbytes / 2**30:.1f} GiB kept in host memory (too large for the GPU).")
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def cache_image_views(trainer, dataset, views: int) -> CachedViewsDataset:
     """``views`` passes over ``dataset`` with its random training transforms, in eval mode; [images, views, dim]."""
     start = time.perf_counter()
     model = trainer.model
+    width = model.clip.vision_model.config.hidden_size
+    store = cache_device(trainer.args, len(dataset) * views * width * 4)
     was_training = model.training
     model.eval()
     args = trainer.args
@@ -38,12 +54,12 @@ def cache_image_views(trainer, dataset, views: int) -> CachedViewsDataset:
         for batch in loader:
             with trainer.autocast_smart_context_manager():
                 pixels = batch["pixel_values"].to(args.device, non_blocking=True)
-                features.append(model.pooled_image(pixels).float().cpu())
+                features.append(model.pooled_image(pixels).float().to(store))
         passes.append(torch.cat(features))
     model.train(was_training)
     cached = torch.stack(passes, dim=1)
     logger.info_rank0(
         f"feature cache: {cached.shape[0]} images x {views} augmented views of the frozen image tower, "
-        f"computed once in {time.perf_counter() - start:.1f}s; every epoch reuses them."
+        f"computed once in {time.perf_counter() - start:.1f}s and kept on {store.type}; every epoch reuses them."
     )
     return CachedViewsDataset(cached, dataset)

@@ -37,15 +37,22 @@ class ClipTrainer(Trainer):
 
     def get_train_dataloader(self):
         """Cached features are in memory and gathered a batch at a time: no loader workers (they would only add
-        pickling and start-up) and no per-item collation."""
+        pickling and start-up), no per-item collation, and no pinning (features kept on the GPU need none)."""
         if not isinstance(self.train_dataset, CachedViewsDataset):
             return super().get_train_dataloader()
-        saved = self.args.dataloader_num_workers, self.args.remove_unused_columns, self.data_collator
-        self.args.dataloader_num_workers, self.args.remove_unused_columns, self.data_collator = 0, False, collated
+        args = self.args
+        saved = args.dataloader_num_workers, args.remove_unused_columns, args.dataloader_pin_memory, self.data_collator
+        args.dataloader_num_workers, args.remove_unused_columns, self.data_collator = 0, False, collated
+        args.dataloader_pin_memory = saved[2] and self.train_dataset.features.device.type == "cpu"
         try:
             return super().get_train_dataloader()
         finally:
-            self.args.dataloader_num_workers, self.args.remove_unused_columns, self.data_collator = saved
+            (
+                args.dataloader_num_workers,
+                args.remove_unused_columns,
+                args.dataloader_pin_memory,
+                self.data_collator,
+            ) = saved
 
     def create_optimizer(self):
         """``clip_optim``: Dassl's optimizers, weight decay on every trainable parameter as Dassl does."""
