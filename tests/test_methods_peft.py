@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor, TrainerCallback
 
 from llamafactory.clip_finetune.data import load_clip_datasets
+from llamafactory.clip_finetune.data.transforms import ImageSpec
 from llamafactory.clip_finetune.hparams import ClipDataArguments
 from llamafactory.clip_finetune.model import ClipTaskModel
 from llamafactory.clip_finetune.tasks import ClassificationTask
@@ -193,3 +194,22 @@ def test_vpt_prompts_follow_the_base_models_dtype():
     encoder = model.base_model.model.vision_model.encoder
     assert encoder.clip_vpt_prompts["default"].dtype == torch.float64
     assert encoder.clip_vpt_project["default"].weight.dtype == torch.float64
+
+
+def test_task_model_zero_grad_clears_parts_set_after_the_first_call():
+    """``ClipTaskModel.zero_grad`` walks a cached parameter list; a head set later (Tip's cache) is cleared too."""
+    clip = CLIPModel.from_pretrained(TINY_CLIP, dtype=torch.float32)
+    processor = CLIPProcessor.from_pretrained(TINY_CLIP)
+    spec = ImageSpec.from_processor(processor.image_processor, ClipDataArguments())
+    model = ClipTaskModel(clip, ClassificationTask(["a", "b"], ["{}"], processor.tokenizer, False), spec)
+    model.clip.logit_scale.grad = torch.ones(())
+    model.zero_grad()
+    assert model.clip.logit_scale.grad is None
+    model.cache = torch.nn.Linear(2, 2)
+    model.cache.weight.grad = torch.ones(2, 2)
+    model.clip.logit_scale.grad = torch.ones(())
+    model.zero_grad()
+    assert model.cache.weight.grad is None and model.clip.logit_scale.grad is None
+    model.cache.weight.grad = torch.ones(2, 2)
+    model.zero_grad(set_to_none=False)
+    assert torch.equal(model.cache.weight.grad, torch.zeros(2, 2))

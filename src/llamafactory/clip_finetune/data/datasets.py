@@ -97,10 +97,10 @@ class CachedViewsDataset(Dataset):
         return {"pooled": self.features[index, view], **self.targets(index)}
 
     def __getitems__(self, indices: list[int]) -> dict[str, Any]:
-        index = torch.as_tensor(indices)
-        views = torch.randint(self.features.shape[1], (len(index),))
-        device = self.features.device  # the gather runs where the features live (the GPU when they fit there)
-        return {"pooled": self.features[index.to(device), views.to(device)], **self.batch_targets(index)}
+        index, device = torch.as_tensor(indices), self.features.device
+        views = torch.randint(self.features.shape[1], (len(index),), device=device)
+        # the gather runs where the features live (the GPU when they fit there)
+        return {"pooled": self.features[index.to(device), views], **self.batch_targets(index)}
 
 
 def collated(batch: dict[str, Any]) -> dict[str, Any]:

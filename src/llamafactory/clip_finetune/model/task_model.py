@@ -24,7 +24,24 @@ class ClipTaskModel(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         self._mode_set: bool | None = None
+        self._params: list[nn.Parameter] | None = None  # flat parameter list for zero_grad
         self.cache: nn.Module | None = None  # a head on the image features (Tip-Adapter's cache), set by the method
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if isinstance(value, (nn.Module, nn.Parameter)):
+            self.__dict__["_params"] = None  # a new part may bring parameters: rebuild the list for zero_grad
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """The HF Trainer clears gradients after every step; ``nn.Module.zero_grad`` walks the whole module tree for
+        it, which costs more than a cached adapter step's arithmetic. Walk a flat list of the parameters instead
+        (methods build their modules before this model wraps the CLIP; parts set on it later rebuild the list)."""
+        if not set_to_none:
+            return super().zero_grad(set_to_none)
+        if self._params is None:
+            self.__dict__["_params"] = list(self.parameters())
+        for param in self._params:
+            param.grad = None
 
     def train(self, mode: bool = True) -> "ClipTaskModel":
         """The HF Trainer calls ``train()`` before every step, and walking every submodule is a visible share of a
