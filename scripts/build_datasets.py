@@ -10,7 +10,9 @@ subsets of openly licensed data (both sources come from ordinary package registr
 * data/emoji_captions/  image-caption retrieval (Noto Emoji images, Apache-2.0; names
   from iamcal/emoji-data, MIT), from the npm package ``emoji-datasource-google``:
   240 emojis as 64x64 RGB PNGs, train.jsonl (200 rows) and test.jsonl (40 rows), each row
-  {"image": "images/<unified>.png", "captions": ["<name>", "an emoji of <short name> (<category>)"]}.
+  {"image": "images/<unified>.png", "captions": ["<name>", "an emoji of <short name> (<category>)"]};
+  train.jsonl is also split into val.jsonl (its last 40 rows) and train_fit.jsonl (the other 160), for runs that
+  need a validation split disjoint from the training images (the test rows stay apart).
 
 Everything is deterministic (seed 0, pinned npm version), so reruns give the same files.
 
@@ -53,6 +55,7 @@ FASHION_PER_CLASS = {"train": 40, "test": 20}
 FASHION_VAL = 10  # per class, from the official train split, disjoint from the 40 train images
 EMOJI_NPM = "emoji-datasource-google@16.0.0"
 EMOJI_TRAIN, EMOJI_TEST = 200, 40
+EMOJI_VAL = 40  # val.jsonl: the last rows of train.jsonl; train_fit.jsonl: the rest (disjoint from val and test)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -143,7 +146,14 @@ def build_emoji(pkg: Path, out: Path) -> None:
             )
 
     random.Random(SEED).shuffle(rows)
-    for name, part in (("train", rows[:EMOJI_TRAIN]), ("test", rows[EMOJI_TRAIN:])):
+    fit = EMOJI_TRAIN - EMOJI_VAL
+    parts = {
+        "train": rows[:EMOJI_TRAIN],
+        "test": rows[EMOJI_TRAIN:],
+        "train_fit": rows[:fit],
+        "val": rows[fit:EMOJI_TRAIN],
+    }
+    for name, part in parts.items():
         with open(out / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in part)
 

@@ -221,3 +221,66 @@ def test_affinity_powers_match_exp_for_even_and_uneven_betas():
     for betas in (torch.arange(16) * 0.35 + 0.1, torch.tensor([0.1, 0.5, 3.0, 3.2])):
         for beta, got in zip(betas, affinity_powers(affinity, betas), strict=True):
             assert torch.allclose(got, torch.exp(-beta * (1 - affinity)), rtol=1e-5)
+
+
+def test_image_to_text_search_equals_recall_at_1_over_the_grid():
+    from llamafactory.clip_finetune.methods.tip.cache import search_alpha_beta_i2t
+    from llamafactory.clip_finetune.tasks.retrieval import recall_at_k
+
+    g = torch.Generator().manual_seed(3)
+    f = F.normalize(torch.randn(30, 8, generator=g), dim=-1)  # validation images
+    caption_image = torch.cat([torch.arange(30).repeat(2), torch.arange(15)]).sort().values  # 2 or 3 captions each
+    texts = F.normalize(f[caption_image] + 0.8 * torch.randn(75, 8, generator=g), dim=-1)
+    cached = torch.randint(0, 30, (25,), generator=g)  # keys near some images, values near their captions
+    keys = F.normalize(f[cached] + 0.5 * torch.randn(25, 8, generator=g), dim=-1)
+    own = torch.zeros(30, 8).index_add_(0, caption_image, texts)
+    values = F.normalize(own[cached] + 0.3 * torch.randn(25, 8, generator=g), dim=-1)
+    betas, alphas = tip_search_grid([7, 3], [11, 7])
+    alpha, beta, recall = search_alpha_beta_i2t(
+        f @ texts.t(), f @ keys.t(), values @ texts.t(), caption_image, betas, alphas, chunk=4, budget=300
+    )
+    grid = []
+    for i, b in enumerate(betas):
+        for j, a in enumerate(alphas):
+            query = ImageToTextQuery(keys, values, a.item(), b.item())(f)
+            grid.append((recall_at_k(query @ texts.t(), caption_image)["i2t_r1"], -i, -j, a.item(), b.item()))
+    best = max(grid)
+    assert len({r for r, *_ in grid}) > 3  # the grid matters on this data
+    assert recall == pytest.approx(best[0]) and alpha == pytest.approx(best[3]) and beta == pytest.approx(best[4])
+
+
+def ImageToTextQuery(keys, values, alpha, beta):
+    from llamafactory.clip_finetune.tasks import ImageToTextTask
+
+    model = _Model(TipCache(keys, values, alpha, beta, learnable=False), 100.0)
+    return lambda f: ImageToTextTask.query(model, f)
+
+
+def test_image_to_text_search_on_validation_gives_the_recall_the_evaluation_measures(tmp_path):
+    from conftest import i2t_args
+
+    common = dict(dataset="emoji_captions_train_fit", max_samples=None, finetuning_type="tip", tip_augment_epoch=2)
+    run_exp(i2t_args(tmp_path / "search", val_dataset="emoji_captions_val", tip_search_best=True, **common))
+    results = read_json(tmp_path / "search" / "all_results.json")
+    assert {"tip_alpha", "tip_beta", "tip_search_val_i2t_r1", "eval_i2t_r1"} <= set(results)
+    chosen = dict(tip_alpha=results["tip_alpha"], tip_beta=results["tip_beta"])
+    run_exp(i2t_args(tmp_path / "check", eval_dataset="emoji_captions_val", **chosen, **common))
+    assert read_json(tmp_path / "check" / "all_results.json")["eval_i2t_r1"] == pytest.approx(
+        results["tip_search_val_i2t_r1"]
+    )
+
+
+def test_tip_search_refuses_a_validation_split_that_overlaps_the_cache(tmp_path):
+    from conftest import i2t_args
+
+    with pytest.raises(ValueError, match=r"val_dataset `emoji_captions_val` shares 40 of its 40 images"):
+        run_exp(
+            i2t_args(
+                tmp_path,
+                max_samples=None,
+                finetuning_type="tip",
+                tip_augment_epoch=1,
+                val_dataset="emoji_captions_val",
+                tip_search_best=True,
+            )
+        )

@@ -109,8 +109,6 @@ class ClipFinetuningArguments(ClipOptimArguments):
             )
         if self.tip_fixed_cache and self.clip_task != "classification":
             raise ValueError("tip_fixed_cache holds class labels: use it with clip_task classification.")
-        if self.tip_search_best and self.clip_task != "classification":
-            raise ValueError("tip_search_best searches on classification accuracy; set tip_alpha, tip_beta instead.")
         if len(self.tip_search_scale) != 2 or len(self.tip_search_step) != 2 or min(self.tip_search_step) < 1:
             raise ValueError("tip_search_scale and tip_search_step take two values each: [beta, alpha].")
         if self.feature_cache_views < 1:

@@ -104,7 +104,7 @@ def run_tip(trainer, datasets, model_args, data_args, training_args, finetuning_
         metrics.update(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint).metrics)
         trainer.save_state()
     if finetuning_args.tip_search_best:
-        metrics.update(tip.search(trainer, datasets.val, finetuning_args))
+        metrics.update(tip.search(trainer, datasets, data_args, finetuning_args))
     tip.save(trainer, header)
     if metrics:
         trainer.log_metrics("train", metrics)

@@ -102,6 +102,57 @@ def search_alpha_beta(
     return alpha, beta, accuracy
 
 
+@torch.no_grad()
+def search_alpha_beta_i2t(
+    image_text: torch.Tensor,
+    affinity: torch.Tensor,
+    value_text: torch.Tensor,
+    caption_image: torch.Tensor,
+    betas: torch.Tensor,
+    alphas: torch.Tensor,
+    chunk: int = 16,
+    budget: int = 2**24,
+) -> tuple[float, float, float]:
+    """Best (alpha, beta, image-to-text Recall@1) on validation images and their captions, over the whole grid.
+
+    ``image_text``: f T^T [images, captions]; ``value_text``: V T^T [keys, captions]. The query f + alpha A V scores
+    caption t as f t + alpha (A V) t (its normalization does not change an image's ranking), linear in alpha as in
+    classification. Each own caption j of image i ranks first (ties count, as in ``recall_at_k``) for alpha in a
+    closed interval bounded by every other image's captions; the image is a hit if any own caption's interval holds
+    alpha. Captions are processed in blocks of at most ``budget`` elements per beta chunk.
+    """
+    device = affinity.device
+    owner = caption_image.to(device)
+    n_images, n_captions = image_text.shape
+    alphas, value_text = alphas.to(affinity), value_text.to(affinity)
+    rows = max(1, budget // (min(chunk, len(betas)) * n_captions))
+    best = (-1.0, 0.0, 0.0)
+    for start in range(0, len(betas), chunk):
+        beta = betas[start : start + chunk].to(affinity)
+        cache = torch.stack([powers @ value_text for powers in affinity_powers(affinity, beta)])  # [b, n, captions]
+        hits = torch.zeros(len(beta), n_images, len(alphas), device=device)
+        for first in range(0, n_captions, rows):
+            mine = torch.arange(first, min(first + rows, n_captions), device=device)  # own captions j
+            image = owner[mine]  # their images i
+            others = owner[None, :] != image[:, None]  # [j, k]: captions of other images
+            d_logit = image_text[image, mine][:, None] - image_text[image]  # [j, k]
+            d_cache = cache[:, image, mine][..., None] - cache[:, image]  # [b, j, k]
+            bound = -d_logit / d_cache
+            inf = torch.full_like(bound, float("inf"))
+            low = torch.where((d_cache > 0) & others, bound, -inf).amax(-1)  # [b, j]
+            high = torch.where((d_cache < 0) & others, bound, inf).amin(-1)
+            flat_ok = ((d_cache == 0) & others & (d_logit < 0)).any(-1).logical_not()
+            top = flat_ok[..., None] & (alphas >= low[..., None]) & (alphas <= high[..., None])  # [b, j, a]
+            hits.index_add_(1, image, top.float())
+        recall = (hits > 0).float().mean(1)  # [b, a]
+        value, index = recall.flatten().max(0)
+        if value.item() > best[0]:
+            b, a = divmod(index.item(), len(alphas))
+            best = (value.item(), alphas[a].item(), beta[b].item())
+    recall, alpha, beta = best
+    return alpha, beta, recall
+
+
 @contextmanager
 def locked(directory: str):
     """An exclusive lock on ``directory`` while two runs may write the same cache."""

@@ -1,5 +1,6 @@
 """Wiring of Tip-Adapter into a run: build or reload the cache, search alpha/beta on validation, save the cache."""
 
+import hashlib
 import os
 from typing import Any
 
@@ -9,7 +10,16 @@ from llamafactory.extras import logging
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from .cache import CACHE_FILE, TipCache, build_keys, load_cache, save_cache, search_alpha_beta, tip_search_grid
+from .cache import (
+    CACHE_FILE,
+    TipCache,
+    build_keys,
+    load_cache,
+    save_cache,
+    search_alpha_beta,
+    search_alpha_beta_i2t,
+    tip_search_grid,
+)
 from .shared import SharedCache
 
 
@@ -98,9 +108,31 @@ def attach_cache(trainer, datasets, model_args, data_args, finetuning_args) -> d
     return header
 
 
+def image_identity(image) -> str:
+    """A file path (resolved) or a digest of in-memory bytes: what makes two samples the same image."""
+    if isinstance(image, dict) and image.get("bytes") is not None:
+        return "sha1:" + hashlib.sha1(image["bytes"]).hexdigest()
+    path = image.get("path") if isinstance(image, dict) else image
+    return os.path.realpath(str(path))
+
+
+def check_disjoint(train, val, data_args) -> None:
+    """The search must not see the cached images: their affinity to themselves would pick a too-large alpha."""
+    cached = {image_identity(image) for image in train.samples.images}
+    shared = sum(image_identity(image) in cached for image in val.samples.images)
+    if shared:
+        raise ValueError(
+            f"val_dataset `{data_args.val_dataset}` shares {shared} of its {len(val)} images with dataset "
+            f"`{data_args.dataset}` (the cache): use a validation split disjoint from the training images."
+        )
+
+
 @torch.no_grad()
-def search(trainer, val_dataset, finetuning_args) -> dict[str, float]:
-    """Grid search of beta and alpha on the validation split (never the test split)."""
+def search(trainer, datasets, data_args, finetuning_args) -> dict[str, float]:
+    """Grid search of beta and alpha on the validation split (never the test split): classification accuracy, or
+    image-to-text Recall@1 for image_to_text."""
+    check_disjoint(datasets.train, datasets.val, data_args)
+    val_dataset = datasets.val
     model = trainer.model
     model.eval()
     features, labels = [], []
@@ -108,17 +140,32 @@ def search(trainer, val_dataset, finetuning_args) -> dict[str, float]:
         batch = trainer._prepare_inputs(batch)
         with trainer.autocast_smart_context_manager():
             image = model.image_features(batch["pixel_values"]).float()
+        if datasets.classnames is None:
+            features.append(trainer.accelerator.gather_for_metrics(image))
+            continue
         image, label = trainer.accelerator.gather_for_metrics((image, batch["labels"]))
         features.append(image)
         labels.append(label)
-    features, labels = torch.cat(features), torch.cat(labels)
-    clip_logits = model.logit_scale().float() * features @ model.task.class_features.t()
+    features = torch.cat(features)
     affinity = features @ model.cache.keys.float().t()
     betas, alphas = tip_search_grid(finetuning_args.tip_search_scale, finetuning_args.tip_search_step)
-    alpha, beta, accuracy = search_alpha_beta(clip_logits, affinity, model.cache.values.float(), labels, betas, alphas)
+    values = model.cache.values.float()
+    if datasets.classnames is None:
+        texts = model.encode_texts(val_dataset.input_ids, val_dataset.attention_mask).float()
+        alpha, beta, metric = search_alpha_beta_i2t(
+            features @ texts.t(), affinity, values @ texts.t(), val_dataset.caption_image, betas, alphas
+        )
+        name = "tip_search_val_i2t_r1"
+    else:
+        labels = torch.cat(labels)
+        clip_logits = model.logit_scale().float() * features @ model.task.class_features.t()
+        alpha, beta, metric = search_alpha_beta(clip_logits, affinity, values, labels, betas, alphas)
+        name = "tip_search_val_accuracy"
     model.cache.alpha, model.cache.beta = alpha, beta
-    logger.info_rank0(f"tip: search on {len(labels)} validation images: alpha {alpha:.3f}, beta {beta:.3f}.")
-    return {"tip_alpha": alpha, "tip_beta": beta, "tip_search_val_accuracy": accuracy}
+    logger.info_rank0(
+        f"tip: search on {len(features)} validation images: alpha {alpha:.3f}, beta {beta:.3f}, {name} {metric:.4f}."
+    )
+    return {"tip_alpha": alpha, "tip_beta": beta, name: metric}
 
 
 def save(trainer, header: dict) -> None:
