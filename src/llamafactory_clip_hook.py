@@ -24,6 +24,7 @@ PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llamafac
 # LLaMA-Factory module -> "our module:function" applied right after it is executed.
 PATCHES = {
     "llamafactory.train.tuner": "llamafactory.clip_finetune.integration.tuner:patch_tuner",
+    "llamafactory.webui.interface": "llamafactory.clip_finetune.integration.webui:patch_interface",
 }
 
 

@@ -159,10 +159,17 @@ def _detect_checkpoint(training_args) -> None:
         )
 
 
-def get_clip_train_args(args: dict[str, Any] | list[str]) -> ClipArgs:
+def check_clip_args(args: dict[str, Any] | list[str]) -> ClipArgs:
+    """Parse and check the arguments the way a run would, without a run's side effects (log levels, seeding): the
+    web UI calls this before it launches anything."""
     model_args, data_args, training_args, finetuning_args = _parse(with_stage_defaults(with_clip_config(args)))
     _check(model_args, data_args, training_args, finetuning_args)
     _detect_checkpoint(training_args)
+    return model_args, data_args, training_args, finetuning_args
+
+
+def get_clip_train_args(args: dict[str, Any] | list[str]) -> ClipArgs:
+    model_args, data_args, training_args, finetuning_args = check_clip_args(args)
     if training_args.ddp_find_unused_parameters is None:  # only ABS stops gradients of some parameters mid-run
         training_args.ddp_find_unused_parameters = finetuning_args.abs
 

@@ -1,0 +1,226 @@
+"""The CLIP tab's layout and events; what the fields mean lives in ``webui.options``."""
+
+from io import BytesIO
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from ...data.dataset_info import get_dataset_attr, read_dataset_info
+from ...data.readers import read_samples
+from ..locales import CLIP_LOCALES, alert
+from ..options import (
+    DEFAULTS,
+    FIELDS,
+    GROUPS,
+    METHOD_GROUPS,
+    METHODS,
+    PRECISIONS,
+    PRESETS,
+    SCHEDULERS,
+    TASKS,
+    FormError,
+    build_args,
+    form_from_file,
+    list_datasets,
+    preview,
+    save_form,
+    validate,
+)
+from ..runner import ClipRunner, Status
+
+
+if TYPE_CHECKING:
+    from gradio.components import Component
+
+GALLERY_SIZE = 8
+
+
+def _kw(name: str) -> dict[str, Any]:
+    """The element's id (stable for tests and styling) and its English text; the language switch replaces the text."""
+    return {"elem_id": name, **(CLIP_LOCALES[name]["en"] if name in CLIP_LOCALES else {})}
+
+
+def _images(samples: Any) -> list[tuple[Any, str]]:
+    """A few samples with their class name or first caption; one per class first, for classification."""
+    if hasattr(samples, "labels"):
+        first = {}
+        for index, label in enumerate(samples.labels):
+            first.setdefault(label, index)
+        picks = (list(first.values()) + list(range(len(samples.labels))))[:GALLERY_SIZE]
+        names = [samples.classnames[samples.labels[i]] for i in picks]
+    else:
+        picks = list(range(min(GALLERY_SIZE, len(samples.images))))
+        names = [samples.captions[i][0] for i in picks]
+    shown = []
+    for index, name in zip(picks, names, strict=True):
+        image = samples.images[index]
+        if isinstance(image, dict):  # an HF datasets image cell
+            image = image.get("path") or Image.open(BytesIO(image["bytes"]))
+        shown.append((image, name))
+    return shown
+
+
+def _dataset_choices(dataset_dir: str, task: str):
+    names = list_datasets(dataset_dir or "data", task)
+    return (
+        gr.update(choices=names, value=[]),
+        gr.update(choices=names, value=None),
+        gr.update(choices=names, value=None),
+    )
+
+
+def _preview_data(lang: str, dataset_dir: str, names: list[str]):
+    if not names:
+        return gr.update(visible=False), alert("no_dataset", lang)
+    try:
+        attr = get_dataset_attr(names[0], dataset_dir, read_dataset_info(dataset_dir))
+        return gr.update(value=_images(read_samples(attr)), visible=True), ""
+    except ValueError as err:
+        return gr.update(visible=False), alert("invalid", lang, err)
+
+
+def _show(status: Status, lang: str):
+    progress = gr.update()
+    if status.percentage is not None:
+        progress = gr.update(value=status.percentage, visible=True, label=status.progress_label or None)
+    losses = pd.DataFrame(status.losses, columns=["step", "loss"])
+    metrics = ""
+    if status.metrics:
+        rows = "\n".join(f"| {key} | {value:.4g} |" for key, value in status.metrics.items())
+        metrics = f"**{alert('metrics', lang)}**\n\n| metric | value |\n| --- | --- |\n{rows}"
+    return status.message, progress, gr.update(value=losses), metrics
+
+
+def create_clip_tab(engine: Any) -> dict[str, "Component"]:
+    runner = ClipRunner()
+    lang = engine.manager.get_elem_by_id("top.lang")
+    d = DEFAULTS
+    elems: dict[str, Component] = {"clip_intro": gr.Markdown(**_kw("clip_intro"))}
+    with gr.Row():
+        elems["clip_model"] = gr.Dropdown(
+            PRESETS, value=d["clip_model"], allow_custom_value=True, scale=3, **_kw("clip_model")
+        )
+        elems["clip_task"] = gr.Dropdown(TASKS, value=d["clip_task"], scale=1, **_kw("clip_task"))
+    names = list_datasets(d["clip_dataset_dir"], d["clip_task"])
+    with gr.Row():
+        elems["clip_dataset_dir"] = gr.Textbox(value=d["clip_dataset_dir"], scale=1, **_kw("clip_dataset_dir"))
+        elems["clip_dataset"] = gr.Dropdown(names, multiselect=True, scale=2, **_kw("clip_dataset"))
+        elems["clip_val_dataset"] = gr.Dropdown(names, scale=1, **_kw("clip_val_dataset"))
+        elems["clip_eval_dataset"] = gr.Dropdown(names, scale=1, **_kw("clip_eval_dataset"))
+        elems["clip_num_shots"] = gr.Number(
+            value=d["clip_num_shots"], precision=0, minimum=0, scale=1, **_kw("clip_num_shots")
+        )
+        elems["clip_preview_data_btn"] = gr.Button(scale=1, **_kw("clip_preview_data_btn"))
+    elems["clip_gallery"] = gr.Gallery(columns=GALLERY_SIZE, height="auto", visible=False, **_kw("clip_gallery"))
+    with gr.Row():
+        elems["clip_method"] = gr.Dropdown(METHODS, value=d["clip_method"], scale=1, **_kw("clip_method"))
+        elems["clip_config"] = gr.Textbox(value=d["clip_config"], scale=3, **_kw("clip_config"))
+    groups: dict[str, gr.Row] = {}
+    for group, keys in GROUPS.items():
+        with gr.Row(visible=group in METHOD_GROUPS[d["clip_method"]]) as groups[group]:
+            for key in keys:
+                name, value = f"clip_{key}", d[f"clip_{key}"]
+                if isinstance(value, bool):
+                    elems[name] = gr.Checkbox(value=value, **_kw(name))
+                elif key == "adapter_target":
+                    elems[name] = gr.Dropdown(["vision", "text", "both"], value=value, **_kw(name))
+                elif isinstance(value, (int, float)):
+                    elems[name] = gr.Number(value=value, precision=0 if isinstance(value, int) else None, **_kw(name))
+                else:
+                    elems[name] = gr.Textbox(value=value, **_kw(name))
+    with gr.Row():
+        elems["clip_train_batch_size"] = gr.Number(
+            value=d["clip_train_batch_size"], precision=0, minimum=1, **_kw("clip_train_batch_size")
+        )
+        elems["clip_eval_batch_size"] = gr.Number(
+            value=d["clip_eval_batch_size"], precision=0, minimum=1, **_kw("clip_eval_batch_size")
+        )
+        elems["clip_learning_rate"] = gr.Textbox(value=d["clip_learning_rate"], **_kw("clip_learning_rate"))
+        elems["clip_num_train_epochs"] = gr.Textbox(value=d["clip_num_train_epochs"], **_kw("clip_num_train_epochs"))
+        elems["clip_lr_scheduler_type"] = gr.Dropdown(
+            SCHEDULERS, value=d["clip_lr_scheduler_type"], **_kw("clip_lr_scheduler_type")
+        )
+        elems["clip_warmup_ratio"] = gr.Slider(
+            0, 1, value=d["clip_warmup_ratio"], step=0.01, **_kw("clip_warmup_ratio")
+        )
+        elems["clip_compute_type"] = gr.Dropdown(PRECISIONS, value=d["clip_compute_type"], **_kw("clip_compute_type"))
+        elems["clip_logging_steps"] = gr.Number(
+            value=d["clip_logging_steps"], precision=0, minimum=1, **_kw("clip_logging_steps")
+        )
+    with gr.Row():
+        elems["clip_output_dir"] = gr.Textbox(value=d["clip_output_dir"], scale=2, **_kw("clip_output_dir"))
+        elems["clip_extra_args"] = gr.Textbox(value=d["clip_extra_args"], scale=2, **_kw("clip_extra_args"))
+        elems["clip_config_path"] = gr.Textbox(value="clip_webui_args.yaml", scale=1, **_kw("clip_config_path"))
+    with gr.Row():
+        for button in ("clip_preview_btn", "clip_save_btn", "clip_load_btn"):
+            elems[button] = gr.Button(**_kw(button))
+        elems["clip_start_btn"] = gr.Button(variant="primary", **_kw("clip_start_btn"))
+        elems["clip_stop_btn"] = gr.Button(variant="stop", **_kw("clip_stop_btn"))
+    with gr.Row():
+        with gr.Column(scale=3):
+            elems["clip_progress"] = gr.Slider(
+                0, 100, value=0, interactive=False, visible=False, **_kw("clip_progress")
+            )
+            elems["clip_output"] = gr.Markdown(**_kw("clip_output"))
+            elems["clip_metrics"] = gr.Markdown(**_kw("clip_metrics"))
+        with gr.Column(scale=2):
+            elems["clip_loss"] = gr.LinePlot(
+                pd.DataFrame(columns=["step", "loss"]), x="step", y="loss", **_kw("clip_loss")
+            )
+    form = [elems[name] for name in FIELDS]
+    outputs = [elems["clip_output"], elems["clip_progress"], elems["clip_loss"], elems["clip_metrics"]]
+
+    def read_form(values: tuple[Any, ...]) -> dict[str, Any]:
+        return dict(zip(FIELDS, values, strict=True))
+
+    def on_preview(language: str, *values: Any) -> str:
+        try:
+            args = build_args(read_form(values), language)
+            validate(args, language)
+            return preview(args)
+        except FormError as err:
+            return str(err)
+
+    def on_start(language: str, *values: Any):
+        try:
+            args = build_args(read_form(values), language)
+            validate(args, language)
+        except FormError as err:
+            yield str(err), gr.update(visible=False), gr.update(), ""
+            return
+        for status in runner.launch(args, language):
+            yield _show(status, language)
+
+    def on_save(language: str, path: str, *values: Any) -> str:
+        save_form(read_form(values), path)
+        return alert("saved_args", language, path)
+
+    def on_load(language: str, path: str):
+        try:
+            saved = form_from_file(path, language)
+        except FormError as err:
+            return [str(err)] + [gr.update() for _ in FIELDS]
+        return [alert("loaded_args", language, path)] + [
+            gr.update(value=saved[n]) if n in saved else gr.update() for n in FIELDS
+        ]
+
+    def on_method(method: str):
+        return [gr.update(visible=group in METHOD_GROUPS[method]) for group in GROUPS]
+
+    dataset_fields = [elems["clip_dataset"], elems["clip_val_dataset"], elems["clip_eval_dataset"]]
+    for trigger in (elems["clip_dataset_dir"].change, elems["clip_task"].change):
+        trigger(_dataset_choices, [elems["clip_dataset_dir"], elems["clip_task"]], dataset_fields, queue=False)
+    elems["clip_method"].change(on_method, [elems["clip_method"]], list(groups.values()), queue=False)
+    elems["clip_preview_data_btn"].click(
+        _preview_data,
+        [lang, elems["clip_dataset_dir"], elems["clip_dataset"]],
+        [elems["clip_gallery"], elems["clip_output"]],
+    )
+    elems["clip_preview_btn"].click(on_preview, [lang] + form, elems["clip_output"])
+    elems["clip_save_btn"].click(on_save, [lang, elems["clip_config_path"]] + form, elems["clip_output"])
+    elems["clip_load_btn"].click(on_load, [lang, elems["clip_config_path"]], [elems["clip_output"]] + form)
+    elems["clip_start_btn"].click(on_start, [lang] + form, outputs, concurrency_limit=None)
+    elems["clip_stop_btn"].click(runner.abort, queue=False)
+    return elems

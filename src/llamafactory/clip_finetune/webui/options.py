@@ -1,0 +1,278 @@
+"""From the CLIP tab's fields to the stage's arguments, and the checks that run before anything is launched.
+
+Kept free of Gradio so that the form logic is tested directly; ``components/clip_tab.py`` only lays it out.
+"""
+
+import json
+import os
+import shlex
+from typing import Any
+
+import yaml
+
+from ..data.dataset_info import get_dataset_attr, read_dataset_info
+from .locales import CLIP_LOCALES, alert
+
+
+PRESETS = ["openai/clip-vit-base-patch16", "openai/clip-vit-base-patch32", "openai/clip-vit-large-patch14"]
+TASKS = ["classification", "image_to_text"]
+METHODS = ["full", "bias", "prompt", "adapter", "tip", "lora"]
+SCHEDULERS = ["cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
+PRECISIONS = ["fp32", "bf16", "fp16"]
+ARGS_FILE = "training_args.yaml"  # what the tab writes into output_dir and passes to `llamafactory-cli train`
+
+# field -> stage key, for the fields every method uses
+COMMON = {
+    "clip_model": "model_name_or_path",
+    "clip_task": "clip_task",
+    "clip_dataset_dir": "dataset_dir",
+    "clip_dataset": "dataset",
+    "clip_val_dataset": "val_dataset",
+    "clip_eval_dataset": "eval_dataset",
+    "clip_num_shots": "num_shots",
+    "clip_method": "finetuning_type",
+    "clip_config": "clip_config",
+    "clip_train_batch_size": "per_device_train_batch_size",
+    "clip_eval_batch_size": "per_device_eval_batch_size",
+    "clip_learning_rate": "learning_rate",
+    "clip_num_train_epochs": "num_train_epochs",
+    "clip_lr_scheduler_type": "lr_scheduler_type",
+    "clip_warmup_ratio": "warmup_ratio",
+    "clip_logging_steps": "logging_steps",
+    "clip_output_dir": "output_dir",
+}
+ABS_KEYS = ["abs", "abs_keep", "abs_warmup_epochs", "abs_top"]
+# method -> its option groups, each a list of stage keys (the field of key k is `clip_<k>`)
+METHOD_GROUPS = {
+    "full": ["abs"],
+    "bias": ["bias", "abs"],
+    "prompt": ["prompt"],
+    "adapter": ["adapter"],
+    "tip": ["tip"],
+    "lora": ["lora"],
+}
+GROUPS = {
+    "abs": ABS_KEYS,
+    "bias": ["bias_terms", "bias_terms_exclude"],
+    "prompt": ["prompt_length", "prompt_deep", "prompt_dropout"],
+    "adapter": ["adapter_reduction", "adapter_ratio", "adapter_target"],
+    "tip": [
+        "tip_finetune",
+        "tip_alpha",
+        "tip_beta",
+        "tip_augment_epoch",
+        "tip_search_best",
+        "tip_load_cache",
+        "tip_fixed_cache",
+        "tip_new_dataset",
+    ],
+    "lora": ["lora_rank", "lora_alpha", "lora_dropout", "lora_target"],
+}
+LIST_KEYS = {"bias_terms", "bias_terms_exclude"}  # comma-separated in the form, lists for the stage
+# what a Dassl config (`clip_config`) supplies instead of the form: the optimization settings
+CONFIG_OWNED = [
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "learning_rate",
+    "num_train_epochs",
+    "lr_scheduler_type",
+    "warmup_ratio",
+]
+NUMBER_TEXT = ["clip_learning_rate", "clip_num_train_epochs"]  # free text in the form, numbers for the stage
+OTHER_FIELDS = ["clip_compute_type", "clip_extra_args"]
+FIELDS = list(COMMON) + [f"clip_{key}" for keys in GROUPS.values() for key in keys] + OTHER_FIELDS
+
+DEFAULTS: dict[str, Any] = {
+    "clip_model": PRESETS[0],
+    "clip_task": "classification",
+    "clip_dataset_dir": "data",
+    "clip_dataset": [],
+    "clip_val_dataset": None,
+    "clip_eval_dataset": None,
+    "clip_num_shots": 16,
+    "clip_method": "full",
+    "clip_config": "",
+    "clip_abs": False,
+    "clip_abs_keep": 5,
+    "clip_abs_warmup_epochs": 1,
+    "clip_abs_top": True,
+    "clip_bias_terms": "",
+    "clip_bias_terms_exclude": "",
+    "clip_prompt_length": 5,
+    "clip_prompt_deep": False,
+    "clip_prompt_dropout": 0.0,
+    "clip_adapter_reduction": 4,
+    "clip_adapter_ratio": 0.2,
+    "clip_adapter_target": "vision",
+    "clip_tip_finetune": False,
+    "clip_tip_alpha": 1.0,
+    "clip_tip_beta": 1.0,
+    "clip_tip_augment_epoch": 10,
+    "clip_tip_search_best": False,
+    "clip_tip_load_cache": False,
+    "clip_tip_fixed_cache": False,
+    "clip_tip_new_dataset": True,
+    "clip_lora_rank": 8,
+    "clip_lora_alpha": 16,
+    "clip_lora_dropout": 0.0,
+    "clip_lora_target": "q_proj,v_proj",
+    "clip_train_batch_size": 32,
+    "clip_eval_batch_size": 100,
+    "clip_learning_rate": "2e-5",
+    "clip_num_train_epochs": "10",
+    "clip_lr_scheduler_type": "cosine",
+    "clip_warmup_ratio": 0.0,
+    "clip_logging_steps": 5,
+    "clip_output_dir": "saves/clip/train",
+    "clip_compute_type": "fp32",
+    "clip_extra_args": "{}",
+}
+
+
+class FormError(ValueError):
+    """A message for the user, already in their language."""
+
+
+def list_datasets(dataset_dir: str, task: str) -> list[str]:
+    """Entries of ``dataset_dir/dataset_info.json`` the clip stage can read for ``task`` (others are left out)."""
+    try:
+        info = read_dataset_info(dataset_dir)
+    except ValueError:
+        return []
+    names = []
+    for name in info:
+        try:
+            attr = get_dataset_attr(name, dataset_dir, info)
+        except (ValueError, TypeError, AttributeError):
+            continue
+        if attr.task == task:
+            names.append(name)
+    return names
+
+
+def _label(field: str, lang: str) -> str:
+    entry = CLIP_LOCALES[field]
+    return entry.get(lang, entry["en"])["label"]
+
+
+def _number(field: str, value: Any, lang: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise FormError(alert("not_a_number", lang, _label(field, lang), value)) from None
+
+
+def _names(value: Any) -> str | None:
+    if isinstance(value, (list, tuple)):
+        return ",".join(value) or None
+    return value or None
+
+
+def build_args(form: dict[str, Any], lang: str = "en") -> dict[str, Any]:
+    """The stage arguments of a filled-in form. Raises ``FormError`` for fields that are missing or not numbers."""
+    dataset_dir = form["clip_dataset_dir"] or "data"
+    if not os.path.isfile(os.path.join(dataset_dir, "dataset_info.json")):
+        raise FormError(alert("no_dataset_dir", lang, dataset_dir))
+    if not _names(form["clip_dataset"]):
+        raise FormError(alert("no_dataset", lang))
+    if not _names(form["clip_eval_dataset"]):
+        raise FormError(alert("no_eval_dataset", lang))
+    args: dict[str, Any] = {"stage": "clip", "do_train": True, "do_eval": True}
+    for field, key in COMMON.items():
+        value = form[field]
+        if field in NUMBER_TEXT:
+            value = _number(field, value, lang)
+        elif field in ("clip_dataset", "clip_val_dataset", "clip_eval_dataset", "clip_config"):
+            value = _names(value)
+        if value is not None:
+            args[key] = value
+    if "clip_config" in args:  # explicit keys win over the config: leave its optimization settings to it
+        for key in CONFIG_OWNED:
+            args.pop(key, None)
+    if args.get("num_shots") == 0 or args["clip_task"] != "classification":
+        args.pop("num_shots", None)  # 0 means every image; shots apply to classification only
+    for group in METHOD_GROUPS[args["finetuning_type"]]:
+        for key in GROUPS[group]:
+            value = form[f"clip_{key}"]
+            if key in LIST_KEYS:
+                value = [term.strip() for term in (value or "").split(",") if term.strip()] or None
+            if value is not None:
+                args[key] = value
+    if form["clip_compute_type"] in ("bf16", "fp16"):
+        args[form["clip_compute_type"]] = True
+    args.update({"report_to": "none", "plot_loss": True})
+    args.update(_extra(form["clip_extra_args"], lang))
+    return args
+
+
+def _extra(text: str, lang: str) -> dict[str, Any]:
+    try:
+        extra = json.loads(text or "{}")
+    except json.JSONDecodeError as err:
+        raise FormError(alert("bad_extra", lang, f"not valid JSON ({err.msg} at character {err.pos})")) from None
+    if not isinstance(extra, dict):
+        raise FormError(alert("bad_extra", lang, 'give a JSON object, e.g. {"seed": 0}'))
+    return extra
+
+
+def check_output_dir(args: dict[str, Any], lang: str) -> None:
+    """An output dir that holds another run's files is refused; the same arguments again (a resume) are not."""
+    output_dir = args["output_dir"]
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        return
+    saved = os.path.join(output_dir, ARGS_FILE)
+    if os.path.isfile(saved):
+        with open(saved, encoding="utf-8") as f:
+            if yaml.safe_load(f) == args:
+                return
+    raise FormError(alert("other_run", lang, output_dir))
+
+
+def validate(args: dict[str, Any], lang: str) -> None:
+    """Everything a run would check first, so that the tab launches nothing that would fail at once."""
+    from ..hparams.parser import check_clip_args
+
+    check_output_dir(args, lang)
+    dataset_dir = args["dataset_dir"]
+    info = read_dataset_info(dataset_dir)
+    try:
+        for key in ("dataset", "val_dataset", "eval_dataset"):
+            for name in (args.get(key) or "").split(","):
+                if name:
+                    attr = get_dataset_attr(name.strip(), dataset_dir, info)
+                    if attr.task != args["clip_task"]:
+                        raise ValueError(
+                            f"{attr.where} is a {attr.task} dataset, but the task is {args['clip_task']}."
+                        )
+        check_clip_args(dict(args))
+    except (ValueError, TypeError) as err:
+        raise FormError(alert("invalid", lang, err)) from None
+
+
+def command(args: dict[str, Any]) -> tuple[str, list[str]]:
+    """The yaml the tab writes and the command it runs."""
+    text = yaml.safe_dump(args, sort_keys=False, allow_unicode=True)
+    return text, ["llamafactory-cli", "train", os.path.join(args["output_dir"], ARGS_FILE)]
+
+
+def preview(args: dict[str, Any]) -> str:
+    text, argv = command(args)
+    return f"```yaml\n{text}```\n```bash\n{shlex.join(argv)}\n```"
+
+
+def form_from_file(path: str, lang: str) -> dict[str, Any]:
+    """Saved form values (``save_form``) for the fields they name; unknown names are refused."""
+    if not os.path.isfile(path):
+        raise FormError(alert("no_args_file", lang, path))
+    with open(path, encoding="utf-8") as f:
+        saved = yaml.safe_load(f) or {}
+    unknown = sorted(set(saved) - set(FIELDS))
+    if unknown:
+        raise FormError(alert("invalid", lang, f"`{path}` has unknown field(s) {unknown}"))
+    return saved
+
+
+def save_form(form: dict[str, Any], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump({name: form[name] for name in FIELDS}, f, sort_keys=False, allow_unicode=True)

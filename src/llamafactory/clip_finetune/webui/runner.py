@@ -1,0 +1,157 @@
+"""Launch, follow and abort a CLIP run from the tab, the way LLaMA Board runs its own training.
+
+The arguments are written to ``<output_dir>/training_args.yaml`` and ``llamafactory-cli train`` runs them in a
+child process with ``LLAMABOARD_ENABLED`` / ``LLAMABOARD_WORKDIR`` set, so LLaMA-Factory's ``LogCallback`` writes
+``trainer_log.jsonl`` and ``running_log.txt`` there; the tab polls those files.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from .locales import alert
+from .options import ARGS_FILE, command
+
+
+PROCESS_LOG = "webui_process.log"  # the child's stdout and stderr, shown when it fails
+POLL_S = 1.0
+
+
+@dataclass
+class Status:
+    """What the tab shows while a run goes and once it ends."""
+
+    message: str
+    percentage: float | None = None
+    progress_label: str = ""
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    metrics: dict[str, float] | None = None
+    done: bool = False
+
+
+def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
+    """Terminate a process and every descendant (torchrun workers, loader workers), then kill what remains."""
+    try:
+        root = psutil.Process(pid)
+        processes = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return
+    for process in processes:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
+def read_trainer_log(output_dir: str) -> list[dict[str, Any]]:
+    path = os.path.join(output_dir, "trainer_log.jsonl")
+    if not os.path.isfile(path):
+        return []
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:  # a line being written right now
+                break
+    return entries
+
+
+def tail(path: str, lines: int) -> str:
+    if not os.path.isfile(path):
+        return ""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+
+
+class ClipRunner:
+    """One run at a time per web UI process, as LLaMA Board does."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+        self.aborted = False
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def launch(self, args: dict[str, Any], lang: str) -> Iterator[Status]:
+        if self.running:
+            yield Status(alert("running", lang), done=True)
+            return
+        output_dir = args["output_dir"]
+        os.makedirs(output_dir, exist_ok=True)
+        text, argv = command(args)
+        with open(os.path.join(output_dir, ARGS_FILE), "w", encoding="utf-8") as f:
+            f.write(text)
+        for stale in ("trainer_log.jsonl", "all_results.json"):  # a resumed run must not show the last run's end
+            if os.path.isfile(os.path.join(output_dir, stale)):
+                os.remove(os.path.join(output_dir, stale))
+        env = dict(os.environ, LLAMABOARD_ENABLED="1", LLAMABOARD_WORKDIR=output_dir)
+        self.aborted = False
+        with open(os.path.join(output_dir, PROCESS_LOG), "w", encoding="utf-8") as log:
+            self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        yield Status(alert("started", lang, shlex.join(argv)), percentage=0.0)
+        yield from self.follow(output_dir, lang)
+
+    def follow(self, output_dir: str, lang: str) -> Iterator[Status]:
+        process = self.process
+        while process.poll() is None:
+            time.sleep(POLL_S)
+            if self.aborted:
+                yield Status(alert("aborting", lang))
+                continue
+            yield self._progress(output_dir)
+        yield self._final(output_dir, process.returncode, lang)
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self.running:
+            stop_process_tree(self.process.pid)
+
+    def _progress(self, output_dir: str) -> Status:
+        entries = read_trainer_log(output_dir)
+        log = tail(os.path.join(output_dir, "running_log.txt"), 20)
+        losses = [(e["current_steps"], e["loss"]) for e in entries if e.get("loss") is not None]
+        if not entries:
+            return Status(f"```\n{log}\n```" if log else "…", percentage=0.0, losses=losses)
+        last = entries[-1]
+        label = (
+            f"{last['current_steps']}/{last['total_steps']}: "
+            f"{last.get('elapsed_time', '')} < {last.get('remaining_time', '')}"
+        )
+        return Status(f"```\n{log}\n```", last.get("percentage", 0.0), label, losses)
+
+    def _final(self, output_dir: str, returncode: int, lang: str) -> Status:
+        status = self._progress(output_dir)
+        status.done = True
+        if self.aborted:
+            status.message = alert("aborted", lang)
+            return status
+        if returncode != 0:
+            status.message = (
+                alert("failed", lang, returncode, PROCESS_LOG)
+                + f"\n```\n{tail(os.path.join(output_dir, PROCESS_LOG), 30)}\n```"
+            )
+            return status
+        results = os.path.join(output_dir, "all_results.json")
+        if os.path.isfile(results):
+            with open(results, encoding="utf-8") as f:
+                status.metrics = {k: v for k, v in json.load(f).items() if k.startswith(("eval_", "tip_"))}
+        status.percentage, status.progress_label = 100.0, "100%"
+        status.message = alert("finished", lang, os.path.abspath(output_dir))
+        return status
