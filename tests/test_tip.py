@@ -284,3 +284,56 @@ def test_tip_search_refuses_a_validation_split_that_overlaps_the_cache(tmp_path)
                 tip_search_best=True,
             )
         )
+
+
+def test_a_compatible_reloaded_cache_encodes_no_image(tmp_path, monkeypatch):
+    from llamafactory.clip_finetune.methods.tip import run
+
+    run_exp(tip_args(tmp_path / "first", tip_search_best=False))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an image was encoded although the cache was reloaded")
+
+    monkeypatch.setattr(run, "compute_views", refuse)
+    run_exp(
+        tip_args(tmp_path / "again", tip_search_best=False, tip_load_cache=True, tip_cache_dir=str(tmp_path / "first"))
+    )
+    assert read_json(tmp_path / "again" / "all_results.json") == read_json(tmp_path / "first" / "all_results.json")
+    with pytest.raises(AssertionError, match="an image was encoded"):  # without a saved cache it must encode
+        run_exp(tip_args(tmp_path / "fresh", tip_search_best=False, tip_load_cache=True))
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_encode_their_shards_and_hold_the_single_process_cache(tmp_path):
+    """Deterministic views (no random transform), so the 2-process cache must equal the single-process one."""
+    import re
+
+    import yaml
+    from conftest import run_cli
+
+    settings = tip_args(
+        tmp_path,
+        tip_search_best=False,
+        train_transforms=["normalize"],
+        dataloader_num_workers=0,
+        per_device_eval_batch_size=8,
+    )
+    for name, extra in (("free", {}), ("tip_f", {"tip_finetune": True, "num_train_epochs": 1})):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump({**settings, **extra, "output_dir": str(tmp_path / name / "two")}))
+        out = run_cli(
+            ["train", str(config)], env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
+        )
+        log = out.stdout + out.stderr
+        assert out.returncode == 0, log[-4000:]
+        for rank in (0, 1):
+            assert f"tip: rank {rank} encoded its 10 of 20 training images x 2 augmented views" in log
+        digests = dict(re.findall(r"tip: rank (\d) holds 20 keys, digest (\w+)", log))
+        assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], log[-4000:]
+
+    run_exp({**settings, "output_dir": str(tmp_path / "free" / "one")})
+    with safe_open(tmp_path / "free" / "one" / "tip_cache.safetensors", framework="pt") as f:
+        single = f.get_tensor("keys")
+    with safe_open(tmp_path / "free" / "two" / "tip_cache.safetensors", framework="pt") as f:
+        double = f.get_tensor("keys")
+    assert single.shape == double.shape == (20, 32) and torch.allclose(single, double, atol=1e-5)

@@ -31,15 +31,15 @@ def cache_device(args, nbytes: int) -> torch.device:
 
 
 @torch.no_grad()
-def cache_image_views(trainer, dataset, views: int) -> CachedViewsDataset:
-    """``views`` passes over ``dataset`` with its random training transforms, in eval mode; [images, views, dim]."""
-    start = time.perf_counter()
-    model = trainer.model
+def compute_views(trainer, dataset, views: int, store: torch.device) -> torch.Tensor:
+    """``views`` passes over ``dataset`` with its random training transforms, in eval mode; [images, views, width]
+    pooled outputs of the image tower, float32 on ``store``."""
+    model, args = trainer.model, trainer.args
     width = model.clip.vision_model.config.hidden_size
-    store = cache_device(trainer.args, len(dataset) * views * width * 4)
+    if len(dataset) == 0:
+        return torch.zeros(0, views, width, device=store)
     was_training = model.training
     model.eval()
-    args = trainer.args
     loader = DataLoader(
         dataset,
         batch_size=args.per_device_eval_batch_size,
@@ -57,7 +57,14 @@ def cache_image_views(trainer, dataset, views: int) -> CachedViewsDataset:
                 features.append(model.pooled_image(pixels).float().to(store))
         passes.append(torch.cat(features))
     model.train(was_training)
-    cached = torch.stack(passes, dim=1)
+    return torch.stack(passes, dim=1)
+
+
+def cache_image_views(trainer, dataset, views: int) -> CachedViewsDataset:
+    start = time.perf_counter()
+    width = trainer.model.clip.vision_model.config.hidden_size
+    store = cache_device(trainer.args, len(dataset) * views * width * 4)
+    cached = compute_views(trainer, dataset, views, store)
     logger.info_rank0(
         f"feature cache: {cached.shape[0]} images x {views} augmented views of the frozen image tower, "
         f"computed once in {time.perf_counter() - start:.1f}s and kept on {store.type}; every epoch reuses them."

@@ -41,9 +41,9 @@ def export_merged(peft_model: Any, processor: Any, path: str) -> None:
 
 def feature_cache_views(clip: Any, finetuning_args: Any, training_args: Any) -> int | None:
     """Views to cache when the image tower is frozen (adapter, text-only methods), unless turned off.
-    Tip-Adapter always builds its keys from ``tip_augment_epoch`` cached views."""
+    Tip-Adapter encodes its views in its cache callback (sharded across ranks), not here."""
     if finetuning_args.finetuning_type == "tip":
-        return finetuning_args.tip_augment_epoch if training_args.do_train else None
+        return None
     use = finetuning_args.feature_cache and training_args.do_train and image_tower_frozen(clip)
     return finetuning_args.feature_cache_views if use else None
 
@@ -97,15 +97,16 @@ def run_tip(trainer, datasets, model_args, data_args, training_args, finetuning_
     """Training-free: build (or reload) the cache, optionally search alpha/beta. Tip-F: then learn the keys."""
     if not training_args.do_train:
         raise ValueError("finetuning_type tip builds its cache from `dataset`: set do_train: true.")
-    header = tip.attach_cache(trainer, datasets, model_args, data_args, finetuning_args)
+    cache = tip.TipCacheCallback(trainer, datasets, model_args, data_args, finetuning_args)
+    trainer.add_callback(cache)
+    cache.build()
     metrics = {}
     if finetuning_args.tip_finetune:
-        trainer.add_callback(tip.TipCacheCallback(header))
         metrics.update(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint).metrics)
         trainer.save_state()
     if finetuning_args.tip_search_best:
         metrics.update(tip.search(trainer, datasets, data_args, finetuning_args))
-    tip.save(trainer, header)
+    cache.save()
     if metrics:
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)

@@ -1,15 +1,20 @@
-"""Wiring of Tip-Adapter into a run: build or reload the cache, search alpha/beta on validation, save the cache."""
+"""Wiring of Tip-Adapter into a run: the cache callback (build or reload, save, resume) and the alpha/beta search."""
 
 import hashlib
+import math
 import os
+import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from llamafactory.extras import logging
 from safetensors.torch import load_file
+from torch.utils.data import Subset
 from transformers import TrainerCallback
 
+from ...data.datasets import CachedViewsDataset
+from ...train.feature_cache import cache_device, compute_views
 from .cache import (
     CACHE_FILE,
     TipCache,
@@ -51,61 +56,146 @@ def cache_values(model, train, classnames, device) -> torch.Tensor:
     return F.normalize(summed, dim=-1)
 
 
+def shard(total: int, rank: int, world: int) -> range:
+    """This rank's contiguous share of ``total`` items: ceil(total / world) each, the last ones shorter or empty."""
+    size = math.ceil(total / world)
+    return range(min(total, rank * size), min(total, (rank + 1) * size))
+
+
+def gather_rows(trainer, local: torch.Tensor, total: int) -> torch.Tensor:
+    """Every rank's ``shard`` rows, concatenated in rank order, on every rank: [total, ...]."""
+    world = trainer.accelerator.num_processes
+    if world == 1:
+        return local
+    padded = local.new_zeros(math.ceil(total / world), *local.shape[1:])  # equal sizes for the collective
+    padded[: len(local)] = local
+    return trainer.accelerator.gather(padded.to(trainer.args.device))[:total]
+
+
 @torch.no_grad()
-def image_keys(trainer) -> torch.Tensor:
-    """Per-image keys from the feature cache: the projected views, averaged and re-normalized."""
-    model, args = trainer.model, trainer.args
-    pooled = trainer.train_dataset.features  # [images, views, width]
+def project_keys(model, pooled: torch.Tensor, device) -> torch.Tensor:
+    """[images, views, width] pooled outputs -> keys: the projected views, averaged and re-normalized."""
+    if len(pooled) == 0:
+        return torch.zeros(0, model.clip.config.projection_dim, device=device)
     views = torch.cat(
-        [
-            model.clip.visual_projection(pooled[i : i + 1024].to(args.device)).float()
-            for i in range(0, len(pooled), 1024)
-        ]
+        [model.clip.visual_projection(pooled[i : i + 1024].to(device)).float() for i in range(0, len(pooled), 1024)]
     )
     return build_keys(views)
 
 
-@torch.no_grad()
-def shared_keys_values(trainer, datasets, model_args, data_args, finetuning_args, directory, dim):
-    """The shared fixed-size cache: optionally add this dataset, then keep only this dataset's slots."""
-    header = {"checkpoint": model_args.model_name_or_path, "feature_dim": dim}
-    size = finetuning_args.tip_cache_size
-    shared = SharedCache.load(directory, size, header) or SharedCache(size, dim)
-    name = data_args.dataset
-    if finetuning_args.tip_new_dataset:
-        shared.add(name, datasets.classnames, image_keys(trainer).cpu(), datasets.train.labels)
+def digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha1(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+class TipCacheCallback(TrainerCallback):
+    """Owns a run's Tip-Adapter cache: builds or reloads it, saves it with each checkpoint, restores it on resume.
+
+    ``build`` runs before ``trainer.train()``, not at ``on_train_begin``: the HF Trainer creates the optimizer (which
+    must hold Tip-F's keys) and the train loader (the cached views) before that event, and the training-free path
+    never trains. Under torchrun each rank encodes only its shard of the training images and the features are
+    gathered, so every rank holds the same cache. A compatible cache reloaded with ``tip_load_cache`` needs no image
+    encoded (Tip-F still encodes the views it trains on).
+    """
+
+    def __init__(self, trainer, datasets, model_args, data_args, finetuning_args):
+        self.trainer, self.datasets = trainer, datasets
+        self.model_args, self.data_args, self.finetuning_args = model_args, data_args, finetuning_args
+        self.header: dict = {}
+        self.views_encoded = 0  # images x views this rank encoded (0 when the cache was reloaded)
+
+    @torch.no_grad()
+    def local_views(self) -> torch.Tensor:
+        """This rank's shard of the training images, ``tip_augment_epoch`` augmented views each."""
+        trainer, train = self.trainer, self.datasets.train
+        mine = shard(len(train), trainer.args.process_index, trainer.accelerator.num_processes)
+        views = self.finetuning_args.tip_augment_epoch
+        start = time.perf_counter()
+        local = compute_views(trainer, Subset(train, list(mine)), views, trainer.args.device)
+        self.views_encoded += len(mine) * views
+        logger.info(
+            f"tip: rank {trainer.args.process_index} encoded its {len(mine)} of {len(train)} training images x "
+            f"{views} augmented views in {time.perf_counter() - start:.1f}s."
+        )
+        return local
+
+    def all_views(self) -> torch.Tensor:
+        """Every training image's views on every rank (Tip-F samples any of them), where they fit best."""
+        trainer = self.trainer
+        views = gather_rows(trainer, self.local_views(), len(self.datasets.train))
+        return views.to(cache_device(trainer.args, views.numel() * 4))
+
+    def image_keys(self, views: torch.Tensor | None) -> torch.Tensor:
+        """Keys of the training images: from all views when held, else from this rank's shard, gathered."""
+        model, device = self.trainer.model, self.trainer.args.device
+        if views is not None:
+            return project_keys(model, views, device)
+        keys = project_keys(model, self.local_views(), device)
+        return gather_rows(self.trainer, keys, len(self.datasets.train))
+
+    @torch.no_grad()
+    def shared_keys_values(self, views, directory: str, dim: int):
+        """The shared fixed-size cache: optionally add this dataset, then keep only this dataset's slots."""
+        trainer, datasets, f = self.trainer, self.datasets, self.finetuning_args
+        header = {"checkpoint": self.model_args.model_name_or_path, "feature_dim": dim}
+        size = f.tip_cache_size
+        shared = SharedCache.load(directory, size, header) or SharedCache(size, dim)
+        name = self.data_args.dataset
+        if f.tip_new_dataset:
+            shared.add(name, datasets.classnames, self.image_keys(views).cpu(), datasets.train.labels)
+            trainer.accelerator.wait_for_everyone()  # every rank has read the file before rank 0 rewrites it
+            if trainer.is_world_process_zero():
+                shared.save(directory, header)
+            logger.info_rank0(f"tip: added `{name}` to the shared cache ({size} slots, {len(shared.names)} labels).")
+        keys, values = shared.restricted(name, datasets.classnames)
+        logger.info_rank0(f"tip: {len(keys)} of the {size} shared slots hold `{name}`'s classes.")
+        return keys, values
+
+    @torch.no_grad()
+    def build(self) -> None:
+        """Put a TipCache on the model: reloaded when allowed and compatible, else built from the training images."""
+        trainer, datasets, f = self.trainer, self.datasets, self.finetuning_args
+        model, args = trainer.model, trainer.args
+        dim = model.clip.config.projection_dim
+        self.header = cache_header(self.model_args, self.data_args, f, args.seed, datasets.classnames, dim)
+        directory = f.tip_cache_dir or args.output_dir
+        saved = load_cache(directory, self.header) if f.tip_load_cache and not f.tip_fixed_cache else None
+        views = None
+        if f.tip_finetune:
+            views = self.all_views()
+            trainer.train_dataset = CachedViewsDataset(views, datasets.train)
+        if f.tip_fixed_cache:
+            keys, values = self.shared_keys_values(views, directory, dim)
+        elif saved is not None:
+            keys, values = saved["keys"], saved["values"]
+            logger.info_rank0(f"tip: reloaded the cache of {len(keys)} keys from {directory}.")
+        else:
+            keys = self.image_keys(views)
+            values = cache_values(model, datasets.train, datasets.classnames, args.device)
+            logger.info_rank0(f"tip: cache of {len(keys)} keys from {f.tip_augment_epoch} augmented views per image.")
+        model.cache = TipCache(keys, values, f.tip_alpha, f.tip_beta, f.tip_finetune).to(args.device)
+        logger.info(f"tip: rank {args.process_index} holds {len(keys)} keys, digest {digest(model.cache.keys)}.")
+
+    def save(self) -> None:
+        """The final cache (with the alpha and beta in use) in output_dir."""
+        trainer = self.trainer
         if trainer.is_world_process_zero():
-            shared.save(directory, header)
-        logger.info_rank0(f"tip: added `{name}` to the shared cache ({size} slots, {len(shared.names)} labels).")
-    keys, values = shared.restricted(name, datasets.classnames)
-    logger.info_rank0(f"tip: {len(keys)} of the {size} shared slots hold `{name}`'s classes.")
-    return keys, values
+            cache = trainer.model.cache
+            path = save_cache(
+                cache, trainer.args.output_dir, {**self.header, "alpha": cache.alpha, "beta": cache.beta}
+            )
+            logger.info_rank0(f"tip: cache saved to {path}.")
 
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        checkpoint = args.resume_from_checkpoint
+        if checkpoint and os.path.isfile(os.path.join(checkpoint, CACHE_FILE)):
+            with torch.no_grad():
+                model.cache.keys.copy_(load_file(os.path.join(checkpoint, CACHE_FILE))["keys"].to(model.cache.keys))
+            logger.info_rank0(f"tip: learned keys restored from {checkpoint}.")
 
-@torch.no_grad()
-def attach_cache(trainer, datasets, model_args, data_args, finetuning_args) -> dict:
-    """Put a TipCache on the model: reloaded when allowed and compatible, else built from the cached views."""
-    model, args = trainer.model, trainer.args
-    dim = model.clip.config.projection_dim
-    header = cache_header(model_args, data_args, finetuning_args, args.seed, datasets.classnames, dim)
-    directory = finetuning_args.tip_cache_dir or args.output_dir
-    use_saved = finetuning_args.tip_load_cache and not finetuning_args.tip_fixed_cache
-    tensors = load_cache(directory, header) if use_saved else None
-    if finetuning_args.tip_fixed_cache:
-        keys, values = shared_keys_values(trainer, datasets, model_args, data_args, finetuning_args, directory, dim)
-    elif tensors is not None:
-        keys, values = tensors["keys"], tensors["values"]
-        logger.info_rank0(f"tip: reloaded the cache of {len(keys)} keys from {directory}.")
-    else:
-        keys = image_keys(trainer)
-        values = cache_values(model, datasets.train, datasets.classnames, args.device)
-        views = trainer.train_dataset.features.shape[1]
-        logger.info_rank0(f"tip: cache of {len(keys)} keys from {views} augmented views per image.")
-    learnable = finetuning_args.tip_finetune
-    model.cache = TipCache(keys, values, finetuning_args.tip_alpha, finetuning_args.tip_beta, learnable).to(
-        args.device
-    )
-    return header
+    def on_save(self, args, state, control, model=None, **kwargs):
+        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(checkpoint):
+            save_cache(model.cache, checkpoint, self.header)
 
 
 def image_identity(image) -> str:
@@ -166,32 +256,3 @@ def search(trainer, datasets, data_args, finetuning_args) -> dict[str, float]:
         f"tip: search on {len(features)} validation images: alpha {alpha:.3f}, beta {beta:.3f}, {name} {metric:.4f}."
     )
     return {"tip_alpha": alpha, "tip_beta": beta, name: metric}
-
-
-def save(trainer, header: dict) -> None:
-    if trainer.is_world_process_zero():
-        path = save_cache(
-            trainer.model.cache,
-            trainer.args.output_dir,
-            {**header, "alpha": trainer.model.cache.alpha, "beta": trainer.model.cache.beta},
-        )
-        logger.info_rank0(f"tip: cache saved to {path}.")
-
-
-class TipCacheCallback(TrainerCallback):
-    """Tip-F: the learned keys travel with every checkpoint and come back on resume."""
-
-    def __init__(self, header: dict):
-        self.header = header
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        checkpoint = args.resume_from_checkpoint
-        if checkpoint and os.path.isfile(os.path.join(checkpoint, CACHE_FILE)):
-            with torch.no_grad():
-                model.cache.keys.copy_(load_file(os.path.join(checkpoint, CACHE_FILE))["keys"].to(model.cache.keys))
-            logger.info_rank0(f"tip: learned keys restored from {checkpoint}.")
-
-    def on_save(self, args, state, control, model=None, **kwargs):
-        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if state.is_world_process_zero and os.path.isdir(checkpoint):
-            save_cache(model.cache, checkpoint, self.header)
