@@ -329,6 +329,92 @@ def run_methods(opts, processor, data, size, device) -> dict:
     return out
 
 
+TIP_GROUPS = {"fm_a": [0, 1, 2, 3], "fm_b": [4, 5, 6], "fm_c": [7, 8, 9]}  # disjoint Fashion-MNIST class subsets
+
+
+@torch.no_grad()
+def run_tip_shared(opts) -> dict:
+    """Tip-Adapter on dataset 1 of three (disjoint class subsets of the bundled Fashion-MNIST): zero-shot, its own
+    cache, and the fixed-size shared cache after adding all three; test accuracy on dataset 1 and the cache sizes."""
+    from llamafactory.clip_finetune.data import load_clip_datasets
+    from llamafactory.clip_finetune.data.datasets import ClassificationDataset
+    from llamafactory.clip_finetune.data.readers import ClassificationSamples
+    from llamafactory.clip_finetune.methods.tip import TipCache
+    from llamafactory.clip_finetune.methods.tip.cache import build_keys
+    from llamafactory.clip_finetune.methods.tip.shared import SharedCache
+
+    processor = CLIPProcessor.from_pretrained(TINY)
+    data_args = ClipDataArguments(
+        dataset="fashion_mnist_train", eval_dataset="fashion_mnist_test", dataset_dir=str(ROOT / "data")
+    )
+    full = load_clip_datasets(data_args, "classification", 0, processor.image_processor, processor.tokenizer)
+    clip = get_method("tip").prepare(build_model(True, opts.attn), ClipFinetuningArguments(), None)
+
+    def part(dataset, classes):
+        """The images of ``classes``, relabeled 0..len(classes)-1, with the eval transform."""
+        s, keep = dataset.samples, [i for i, label in enumerate(dataset.samples.labels) if label in classes]
+        samples = ClassificationSamples(
+            [s.images[i] for i in keep],
+            [classes.index(s.labels[i]) for i in keep],
+            [s.classnames[c] for c in classes],
+            [s.origins[i] for i in keep],
+        )
+        return ClassificationDataset(samples, full.spec.eval_transform())
+
+    def features(model, dataset, flip: bool) -> torch.Tensor:
+        pixels = torch.stack([dataset[i]["pixel_values"] for i in range(len(dataset))])
+        views = [model.image_features(pixels)] + ([model.image_features(pixels.flip(-1))] if flip else [])
+        return torch.stack(views, dim=1)  # [images, views, dim]
+
+    models, keys, out = {}, {}, {}
+    for name, classes in TIP_GROUPS.items():
+        train = part(full.train, classes)
+        task = ClassificationTask(train.samples.classnames, full.templates, processor.tokenizer, False)
+        models[name] = ClipTaskModel(clip, task, full.spec).eval()
+        task.setup(models[name])
+        keys[name] = (build_keys(features(models[name], train, flip=True)), train.labels, train.samples.classnames)
+
+    name = "fm_a"
+    model, test = models[name], part(full.eval, TIP_GROUPS[name])
+    f = features(model, test, flip=False)[:, 0]
+    clip_logits = model.logit_scale() * f @ model.task.class_features.t()
+
+    def accuracy(cache_keys, values) -> float:
+        cache = TipCache(cache_keys, values, opts.tip_alpha, opts.tip_beta, learnable=False)
+        logits = clip_logits if cache_keys is None else clip_logits + cache(f)
+        return round((logits.argmax(-1) == test.labels).float().mean().item(), 4)
+
+    classes = len(TIP_GROUPS[name])
+    own_keys, own_labels, classnames = keys[name]
+    shared = SharedCache(opts.tip_cache_size, own_keys.shape[1])
+    shared.add(name, classnames, own_keys, own_labels)
+    first_keys, first_values = shared.restricted(name, classnames)
+    for other in ("fm_b", "fm_c"):
+        shared.add(other, keys[other][2], keys[other][0], keys[other][1])
+    shared_keys, shared_values = shared.restricted(name, classnames)
+
+    def nbytes(*tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    out.update(
+        tip_test_images=len(test),
+        tip_alpha=opts.tip_alpha,
+        tip_beta=opts.tip_beta,
+        tip_zero_shot_accuracy=round((clip_logits.argmax(-1) == test.labels).float().mean().item(), 4),
+        tip_own_cache_accuracy=accuracy(own_keys, F.one_hot(own_labels, classes).float()),
+        tip_shared_after_first_accuracy=accuracy(first_keys, first_values),
+        tip_shared_after_three_accuracy=accuracy(shared_keys, shared_values),
+        tip_shared_slots_for_first=len(shared_keys),
+        tip_own_cache_shape=list(own_keys.shape),
+        tip_per_dataset_caches_bytes=sum(
+            nbytes(k, F.one_hot(y, len(c)).float()) for k, y, c in keys.values()
+        ),  # keys + one-hot values of the three per-dataset caches
+        tip_shared_cache_shapes={"keys": list(shared.keys.shape), "counts": list(shared.counts.shape)},
+        tip_shared_cache_bytes=nbytes(shared.keys, shared.counts, shared.labels),
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="bundled tiny CLIP on CPU")
@@ -356,7 +442,19 @@ def main() -> None:
         "--abs_keep", type=int, default=0, help="stage side: full finetune with ABS keeping K per group"
     )
     parser.add_argument("--output_dir", default="/tmp/clip-benchmark")
+    parser.add_argument(
+        "--tip_shared",
+        action="store_true",
+        help="only Tip-Adapter accuracy on dataset 1 of three: own cache vs the shared fixed-size cache (tiny CLIP)",
+    )
+    parser.add_argument("--tip_cache_size", type=int, default=100, help="--tip_shared: slots of the shared cache")
+    parser.add_argument("--tip_alpha", type=float, default=1.0, help="--tip_shared: cache weight")
+    parser.add_argument("--tip_beta", type=float, default=1.0, help="--tip_shared: cache sharpness")
     opts = parser.parse_args()
+    if opts.tip_shared:
+        torch.set_num_threads(opts.threads)
+        print(json.dumps({"device": "cpu", "model": "tiny-clip", **run_tip_shared(opts)}))
+        return
     device = torch.device("cpu" if opts.tiny or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu":
         torch.set_num_threads(opts.threads)

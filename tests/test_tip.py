@@ -337,3 +337,26 @@ def test_torchrun_ranks_encode_their_shards_and_hold_the_single_process_cache(tm
     with safe_open(tmp_path / "free" / "two" / "tip_cache.safetensors", framework="pt") as f:
         double = f.get_tensor("keys")
     assert single.shape == double.shape == (20, 32) and torch.allclose(single, double, atol=1e-5)
+
+
+def test_benchmark_tip_shared_reports_dataset_one_against_its_own_cache():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "evaluation" / "benchmark.py"), "--tip_shared", "--tip_cache_size", "30"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["tip_test_images"] == 80  # 4 classes x 20 test images
+    assert result["tip_own_cache_shape"] == [160, 32]  # 4 classes x 40 training images
+    assert result["tip_shared_cache_shapes"] == {"keys": [30, 32], "counts": [30]}
+    assert result["tip_shared_cache_bytes"] == 30 * 32 * 4 + 30 * 4 + 30 * 8
+    assert result["tip_shared_slots_for_first"] == 12  # 160 of 400 images: 1 + 2 slots for each of the 4 classes
+    for key in ("tip_zero_shot_accuracy", "tip_own_cache_accuracy", "tip_shared_after_three_accuracy"):
+        assert 0.25 < result[key] <= 1.0  # above chance on 4 classes
