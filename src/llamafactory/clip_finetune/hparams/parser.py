@@ -141,6 +141,10 @@ def _check(model_args, data_args, training_args, finetuning_args) -> None:
         )
 
 
+# what LLaMA Board and the CLIP tab write into output_dir before the run starts (besides the arguments' yaml)
+LAUNCHER_FILES = {"running_log.txt", "webui_process.log"}
+
+
 def _detect_checkpoint(training_args) -> None:
     """Resume from the last checkpoint in output_dir, or refuse to write into another run's folder."""
     output_dir = training_args.output_dir
@@ -152,7 +156,7 @@ def _detect_checkpoint(training_args) -> None:
     if last_checkpoint is not None:
         training_args.resume_from_checkpoint = last_checkpoint
         logger.info_rank0(f"Resuming training from {last_checkpoint} (set overwrite_output_dir: true to start over).")
-    elif any(name != "running_log.txt" and not name.endswith(".yaml") for name in os.listdir(output_dir)):
+    elif any(name not in LAUNCHER_FILES and not name.endswith(".yaml") for name in os.listdir(output_dir)):
         raise ValueError(
             f"output_dir: `{output_dir}` already holds files of another run and no checkpoint to resume. "
             "Choose a new output_dir or set overwrite_output_dir: true."

@@ -80,7 +80,7 @@ CLIP_LOCALES: dict[str, dict[str, dict[str, str]]] = {
     "clip_learning_rate": _entry("Learning rate", "学习率"),
     "clip_num_train_epochs": _entry("Epochs", "训练轮数"),
     "clip_lr_scheduler_type": _entry("LR scheduler", "学习率调节器"),
-    "clip_warmup_ratio": _entry("Warm-up ratio", "预热比例"),
+    "clip_warmup_steps": _entry("Warm-up steps", "预热步数"),
     "clip_compute_type": _entry("Precision", "计算精度"),
     "clip_logging_steps": _entry("Logging steps", "日志间隔"),
     "clip_output_dir": _entry("Output dir", "输出目录"),

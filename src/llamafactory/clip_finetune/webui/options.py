@@ -37,7 +37,7 @@ COMMON = {
     "clip_learning_rate": "learning_rate",
     "clip_num_train_epochs": "num_train_epochs",
     "clip_lr_scheduler_type": "lr_scheduler_type",
-    "clip_warmup_ratio": "warmup_ratio",
+    "clip_warmup_steps": "warmup_steps",
     "clip_logging_steps": "logging_steps",
     "clip_output_dir": "output_dir",
 }
@@ -76,7 +76,7 @@ CONFIG_OWNED = [
     "learning_rate",
     "num_train_epochs",
     "lr_scheduler_type",
-    "warmup_ratio",
+    "warmup_steps",
 ]
 NUMBER_TEXT = ["clip_learning_rate", "clip_num_train_epochs"]  # free text in the form, numbers for the stage
 OTHER_FIELDS = ["clip_compute_type", "clip_extra_args"]
@@ -121,7 +121,7 @@ DEFAULTS: dict[str, Any] = {
     "clip_learning_rate": "2e-5",
     "clip_num_train_epochs": "10",
     "clip_lr_scheduler_type": "cosine",
-    "clip_warmup_ratio": 0.0,
+    "clip_warmup_steps": 0,
     "clip_logging_steps": 5,
     "clip_output_dir": "saves/clip/train",
     "clip_compute_type": "fp32",

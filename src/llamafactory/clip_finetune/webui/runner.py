@@ -20,7 +20,7 @@ from .locales import alert
 from .options import ARGS_FILE, command
 
 
-PROCESS_LOG = "webui_process.log"  # the child's stdout and stderr, shown when it fails
+PROCESS_LOG = "webui_process.log"  # the child's stdout and stderr, shown when it fails (see LAUNCHER_FILES)
 POLL_S = 1.0
 
 
@@ -152,6 +152,6 @@ class ClipRunner:
         if os.path.isfile(results):
             with open(results, encoding="utf-8") as f:
                 status.metrics = {k: v for k, v in json.load(f).items() if k.startswith(("eval_", "tip_"))}
-        status.percentage, status.progress_label = 100.0, "100%"
+        status.percentage = 100.0
         status.message = alert("finished", lang, os.path.abspath(output_dir))
         return status

@@ -55,10 +55,12 @@ def _images(samples: Any) -> list[tuple[Any, str]]:
         names = [samples.captions[i][0] for i in picks]
     shown = []
     for index, name in zip(picks, names, strict=True):
-        image = samples.images[index]
-        if isinstance(image, dict):  # an HF datasets image cell
-            image = image.get("path") or Image.open(BytesIO(image["bytes"]))
-        shown.append((image, name))
+        image = samples.images[index]  # a path, a PIL image or an HF datasets image cell
+        if isinstance(image, dict):
+            image = image.get("bytes") and BytesIO(image["bytes"]) or image["path"]
+        if not isinstance(image, Image.Image):  # opened here: Gradio serves no files outside its own folders
+            image = Image.open(image)
+        shown.append((image.convert("RGB"), name))
     return shown
 
 
@@ -113,7 +115,9 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
             value=d["clip_num_shots"], precision=0, minimum=0, scale=1, **_kw("clip_num_shots")
         )
         elems["clip_preview_data_btn"] = gr.Button(scale=1, **_kw("clip_preview_data_btn"))
-    elems["clip_gallery"] = gr.Gallery(columns=GALLERY_SIZE, height="auto", visible=False, **_kw("clip_gallery"))
+    elems["clip_gallery"] = gr.Gallery(
+        columns=GALLERY_SIZE, rows=1, height=180, object_fit="contain", visible=False, **_kw("clip_gallery")
+    )
     with gr.Row():
         elems["clip_method"] = gr.Dropdown(METHODS, value=d["clip_method"], scale=1, **_kw("clip_method"))
         elems["clip_config"] = gr.Textbox(value=d["clip_config"], scale=3, **_kw("clip_config"))
@@ -142,8 +146,8 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
         elems["clip_lr_scheduler_type"] = gr.Dropdown(
             SCHEDULERS, value=d["clip_lr_scheduler_type"], **_kw("clip_lr_scheduler_type")
         )
-        elems["clip_warmup_ratio"] = gr.Slider(
-            0, 1, value=d["clip_warmup_ratio"], step=0.01, **_kw("clip_warmup_ratio")
+        elems["clip_warmup_steps"] = gr.Number(
+            value=d["clip_warmup_steps"], precision=0, minimum=0, **_kw("clip_warmup_steps")
         )
         elems["clip_compute_type"] = gr.Dropdown(PRECISIONS, value=d["clip_compute_type"], **_kw("clip_compute_type"))
         elems["clip_logging_steps"] = gr.Number(
@@ -188,7 +192,7 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
             args = build_args(read_form(values), language)
             validate(args, language)
         except FormError as err:
-            yield str(err), gr.update(visible=False), gr.update(), ""
+            yield str(err), gr.update(), gr.update(), gr.update()  # the last run's progress and metrics stay
             return
         for status in runner.launch(args, language):
             yield _show(status, language)

@@ -1,0 +1,228 @@
+"""The CLIP tab's logic without a browser: form -> arguments, validation, locales, the runner and the hook."""
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from conftest import DATA_DIR, TINY_CLIP
+
+from llamafactory.clip_finetune.webui.locales import CLIP_LOCALES, register_locales
+from llamafactory.clip_finetune.webui.options import (
+    DEFAULTS,
+    FIELDS,
+    FormError,
+    build_args,
+    form_from_file,
+    list_datasets,
+    save_form,
+    validate,
+)
+from llamafactory.clip_finetune.webui.runner import ClipRunner, stop_process_tree
+
+
+def form(tmp_path, **changes):
+    values = dict(
+        DEFAULTS,
+        clip_model=str(TINY_CLIP),
+        clip_dataset_dir=str(DATA_DIR),
+        clip_dataset=["fashion_mnist_train"],
+        clip_eval_dataset="fashion_mnist_test",
+        clip_output_dir=str(tmp_path / "run"),
+    )
+    values.update(changes)
+    return values
+
+
+def test_datasets_listed_are_the_ones_the_task_can_read(tmp_path):
+    assert list_datasets(str(DATA_DIR), "classification") == [
+        "fashion_mnist_train",
+        "fashion_mnist_val",
+        "fashion_mnist_test",
+    ]
+    assert "emoji_captions_test" in list_datasets(str(DATA_DIR), "image_to_text")
+    broken = tmp_path / "data"
+    broken.mkdir()
+    (broken / "dataset_info.json").write_text(json.dumps({"gone": {"file_name": "missing"}, "bad": {"x": 1}}))
+    assert list_datasets(str(broken), "classification") == []
+    assert list_datasets(str(tmp_path / "nowhere"), "classification") == []
+
+
+@pytest.mark.parametrize(
+    "method, present, absent",
+    [
+        ("full", {"abs": False, "abs_keep": 5}, ["prompt_length", "lora_rank", "tip_alpha"]),
+        ("bias", {"abs": False, "bias_terms": ["mlp"]}, ["prompt_length", "adapter_ratio"]),
+        ("prompt", {"prompt_length": 5, "prompt_deep": False}, ["abs", "lora_rank"]),
+        ("adapter", {"adapter_reduction": 4, "adapter_target": "vision"}, ["abs", "prompt_length"]),
+        ("tip", {"tip_alpha": 1.0, "tip_finetune": False}, ["abs", "lora_rank"]),
+        ("lora", {"lora_rank": 8, "lora_target": "q_proj,v_proj"}, ["abs", "tip_alpha"]),
+    ],
+)
+def test_only_the_chosen_methods_options_reach_the_arguments(tmp_path, method, present, absent):
+    args = build_args(form(tmp_path, clip_method=method, clip_bias_terms="mlp"))
+    assert args["finetuning_type"] == method
+    assert {key: args[key] for key in present} == present
+    assert not set(absent) & set(args)
+    assert args["learning_rate"] == 2e-5 and args["num_train_epochs"] == 10.0 and args["num_shots"] == 16
+    validate(args, "en")  # every method's defaults pass the stage's own checks
+
+
+def test_form_details_precision_shots_extra_and_dassl_config(tmp_path):
+    args = build_args(form(tmp_path, clip_compute_type="bf16", clip_num_shots=0, clip_extra_args='{"seed": 3}'))
+    assert args["bf16"] is True and "num_shots" not in args and args["seed"] == 3
+    i2t = build_args(form(tmp_path, clip_task="image_to_text", clip_dataset=["emoji_captions_train"]))
+    assert "num_shots" not in i2t  # shots are per class
+    dassl = build_args(form(tmp_path, clip_config="vit_b16"))
+    assert dassl["clip_config"] == "vit_b16"
+    assert not {"learning_rate", "num_train_epochs", "per_device_train_batch_size"} & set(dassl)  # the config's own
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"clip_learning_rate": "abc"}, "Learning rate must be a number, got `abc`."),
+        ({"clip_num_train_epochs": ""}, "Epochs must be a number, got ``."),
+        ({"clip_dataset_dir": "/nonexistent"}, "Data dir `/nonexistent` has no dataset_info.json."),
+        ({"clip_dataset": []}, "Choose a train dataset."),
+        ({"clip_eval_dataset": None}, "Choose a test dataset."),
+        ({"clip_extra_args": "{seed: 1}"}, "Extra arguments: not valid JSON"),
+        ({"clip_extra_args": "[1]"}, "Extra arguments: give a JSON object"),
+    ],
+)
+def test_bad_fields_get_a_message_naming_them(tmp_path, changes, message):
+    with pytest.raises(FormError, match=re.escape(message)):
+        build_args(form(tmp_path, **changes))
+
+
+def test_messages_follow_the_language(tmp_path):
+    with pytest.raises(FormError, match="学习率 必须是数字"):
+        build_args(form(tmp_path, clip_learning_rate="x"), "zh")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"clip_dataset": ["no_such_data"]}, "dataset `no_such_data` is not in"),
+        ({"clip_eval_dataset": "emoji_captions_test"}, "is a image_to_text dataset, but the task is classification"),
+        ({"clip_extra_args": '{"learning_rat": 1}'}, "learning_rat.*learning_rate"),
+        ({"clip_method": "tip", "clip_tip_search_best": True}, "tip_search_best searches on the validation split"),
+    ],
+)
+def test_validation_runs_the_stages_checks_before_launching(tmp_path, changes, message):
+    args = build_args(form(tmp_path, **changes))
+    with pytest.raises(FormError, match=message):
+        validate(args, "en")
+
+
+def test_an_output_dir_holding_another_run_is_refused(tmp_path):
+    args = build_args(form(tmp_path))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(FormError, match="already holds a different run"):
+        validate(args, "en")
+
+
+def test_saved_form_loads_back_and_unknown_fields_are_refused(tmp_path):
+    values = form(tmp_path, clip_method="lora", clip_lora_rank=4)
+    save_form(values, str(tmp_path / "cfg" / "args.yaml"))
+    assert form_from_file(str(tmp_path / "cfg" / "args.yaml"), "en") == {name: values[name] for name in FIELDS}
+    (tmp_path / "bad.yaml").write_text("clip_lora_rnk: 4\n")
+    with pytest.raises(FormError, match=r"unknown field\(s\) \['clip_lora_rnk'\]"):
+        form_from_file(str(tmp_path / "bad.yaml"), "en")
+    with pytest.raises(FormError, match="does not exist"):
+        form_from_file(str(tmp_path / "none.yaml"), "en")
+
+
+def test_locales_cover_every_language_of_llama_board_without_touching_its_entries():
+    from llamafactory.webui.locales import LOCALES
+
+    before = {name: entry for name, entry in LOCALES.items() if not name.startswith("clip_")}
+    register_locales(LOCALES)
+    register_locales(LOCALES)  # a second UI in the same process
+    languages = set(LOCALES["output_dir"])
+    for name in CLIP_LOCALES:
+        assert set(LOCALES[name]) == languages, name
+        assert LOCALES[name]["zh"] != LOCALES[name]["en"] or name in ("clip_tip_alpha", "clip_tip_beta"), name
+        assert LOCALES[name]["ru"] == LOCALES[name]["en"]  # English where we have no translation
+    assert all(LOCALES[name] is entry for name, entry in before.items())
+    with pytest.raises(RuntimeError, match="already has an element named `clip_model`"):
+        register_locales({"clip_model": {"en": {"label": "someone else's"}}})
+
+
+def test_every_tab_element_is_registered_and_labelled(tmp_path, monkeypatch):
+    import gradio as gr
+    import llamafactory.webui.interface as interface
+    from llamafactory.webui.engine import Engine
+
+    from llamafactory.clip_finetune.webui.components import create_clip_tab
+
+    monkeypatch.chdir(tmp_path)
+    assert interface.create_footer.__clip_tab_original__ is not None  # the hook patched LLaMA Board on import
+    config = interface.create_ui().get_config_file()
+    tabs = [c["props"].get("label") for c in config["components"] if c["type"] == "tabitem"]
+    assert tabs.index("CLIP") == tabs.index("Export") + 1  # built right after the last tab, in the same group
+
+    engine = Engine()
+    with gr.Blocks():
+        engine.manager.add_elems("top", {"lang": gr.Dropdown(["en", "zh"])})
+        elems = create_clip_tab(engine)
+    engine.manager.add_elems("clip", elems)
+    assert set(FIELDS) <= set(elems)
+    unlabelled = [name for name in elems if name not in CLIP_LOCALES and name not in ("clip_output", "clip_metrics")]
+    assert unlabelled == []
+    updates = engine.change_lang("zh")  # LLaMA Board's own language switch
+    assert updates[elems["clip_start_btn"]].value == "开始"
+    assert updates[elems["clip_learning_rate"]].label == "学习率"
+
+
+def test_stop_process_tree_leaves_no_descendant():
+    sleep = "import time; time.sleep(600)"
+    code = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {sleep!r}]); {sleep}"
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 30
+    while not psutil.Process(parent.pid).children() and time.time() < deadline:
+        time.sleep(0.1)
+    child = psutil.Process(parent.pid).children()[0]
+    stop_process_tree(parent.pid, grace_s=5)
+    assert parent.wait(timeout=10) is not None
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_runner_trains_and_reports_metrics_then_aborts_a_long_run(tmp_path):
+    args = build_args(
+        form(
+            tmp_path, clip_num_train_epochs="2", clip_extra_args='{"save_strategy": "no", "dataloader_num_workers": 0}'
+        )
+    )
+    runner = ClipRunner()
+    statuses = list(runner.launch(args, "en"))
+    final = statuses[-1]
+    assert final.done and final.percentage == 100.0, final.message
+    results = json.loads((tmp_path / "run" / "all_results.json").read_text())
+    assert final.metrics["eval_accuracy"] == results["eval_accuracy"]
+    assert final.losses and all(step > 0 for step, _ in final.losses)
+    assert (tmp_path / "run" / "running_log.txt").is_file()  # LLAMABOARD_ENABLED / LLAMABOARD_WORKDIR reached it
+
+    long = build_args(
+        form(
+            tmp_path,
+            clip_num_train_epochs="1000",
+            clip_output_dir=str(tmp_path / "long"),
+            clip_extra_args='{"save_strategy": "no", "dataloader_num_workers": 1}',
+        )
+    )
+    statuses = runner.launch(long, "en")
+    for status in statuses:
+        if status.losses:  # training is under way, loader workers included
+            break
+    process = psutil.Process(runner.process.pid)
+    tree = process.children(recursive=True) + [process]
+    runner.abort()
+    final = list(statuses)[-1]
+    assert final.message == "Aborted." and final.done
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree)
