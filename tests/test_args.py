@@ -1,7 +1,7 @@
 """Argument parsing: yaml/dict and argv forms, unknown keys named with the closest valid one, backbones."""
 
 import pytest
-from conftest import base_args
+from conftest import TINY_CLIP, base_args
 
 from llamafactory.clip_finetune.hparams.model_args import resolve_backbone
 from llamafactory.clip_finetune.hparams.parser import get_clip_train_args
@@ -82,6 +82,7 @@ def test_backbone_names_map_to_hub_checkpoints():
         ({"templates": ["a photo"]}, "needs a `{}`"),
         ({"clip_task": "image_to_text"}, "num_shots applies to classification"),
         ({"clip_task": "detection"}, "clip_task"),
+        ({"crop_scale": [0.9, 0.5]}, r"crop_scale needs \[min, max\] with 0 < min <= max <= 1"),
     ],
 )
 def test_bad_arguments_are_clear_errors(tmp_path, overrides, message):
@@ -109,3 +110,20 @@ def test_stage_defaults_avoid_per_step_syncs_unless_set(tmp_path):
     argv = ["--stage", "clip", "--dataset", "fashion_mnist_train", "--do_train", "--output_dir", str(tmp_path)]
     _, _, training_args, _ = get_clip_train_args(argv)
     assert training_args.logging_nan_inf_filter is False and training_args.accelerator_config.non_blocking is True
+
+
+def test_crop_scale_is_the_papers_for_tip_and_torchvisions_otherwise(tmp_path):
+    from transformers import CLIPImageProcessor
+
+    from llamafactory.clip_finetune.data.transforms import ImageSpec
+
+    processor = CLIPImageProcessor.from_pretrained(TINY_CLIP)
+
+    def crop(**overrides):
+        _, data_args, _, _ = get_clip_train_args(base_args(tmp_path / "o", **overrides))
+        spec = ImageSpec.from_processor(processor, data_args)
+        return data_args.crop_scale, spec.train_transform().transforms[0].scale
+
+    assert crop() == (None, (0.08, 1.0))
+    assert crop(finetuning_type="tip") == ([0.5, 1.0], (0.5, 1.0))
+    assert crop(finetuning_type="tip", crop_scale=[0.3, 0.9]) == ([0.3, 0.9], (0.3, 0.9))

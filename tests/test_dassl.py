@@ -121,6 +121,7 @@ def test_other_common_dassl_keys_translate():
         "save_strategy": "epoch",
     }
     assert translate({"DATASET": {"NUM_SHOTS": -1}}).values == {}  # Dassl's -1: every image
+    assert translate({"INPUT": {"RRCROP_SCALE": "(0.5, 1.0)"}}).values == {"crop_scale": [0.5, 1.0]}
 
 
 @pytest.mark.parametrize(
@@ -131,6 +132,7 @@ def test_other_common_dassl_keys_translate():
         ({"MODEL": {"ABS_KEEP": "five"}}, r"MODEL.ABS_KEEP must be an integer, got 'five'"),
         ({"MODEL": {"ABS": "maybe"}}, r"MODEL.ABS must be True or False"),
         ({"INPUT": {"SIZE": "(224, 192)"}}, r"INPUT.SIZE must be a square size"),
+        ({"INPUT": {"RRCROP_SCALE": "(0.5,)"}}, r"INPUT.RRCROP_SCALE must be an area range"),
         ({"OPTIM": {"NAME": "lamb"}}, r"OPTIM.NAME: `lamb` is not one of sgd, adam, adamw, rmsprop"),
         ({"OPTIM": {"LR_SCHEDULER": "single_step"}}, r"`single_step` is not supported"),
         ({"MODEL": {"BACKBONE": {"NAME": "RN50"}}}, r"MODEL.BACKBONE.NAME: .*ResNet CLIP"),

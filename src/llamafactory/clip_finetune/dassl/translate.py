@@ -62,6 +62,18 @@ def _floats3(value: Any) -> list[float]:
     return [_float(v) for v in value]
 
 
+def _crop_scale(value: Any) -> list[float]:
+    """`(0.08, 1.0)` arrives as a string or a list."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise TypeError("an area range like (0.08, 1.0)") from None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise TypeError("an area range like (0.08, 1.0)")
+    return [_float(v) for v in value]
+
+
 def _size(value: Any) -> int:
     """`(224, 224)` arrives as a string; the clip stage takes square inputs."""
     if isinstance(value, str):
@@ -181,6 +193,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], Rule]] = {
     "INPUT.PIXEL_MEAN": _to("image_mean", _floats3),
     "INPUT.PIXEL_STD": _to("image_std", _floats3),
     "INPUT.TRANSFORMS": _to("train_transforms", _strs),
+    "INPUT.RRCROP_SCALE": _to("crop_scale", _crop_scale),
     "OPTIM.NAME": (_str, _optim_name),
     "OPTIM.LR": _to("learning_rate", _float),
     "OPTIM.MAX_EPOCH": _to("num_train_epochs", _int),

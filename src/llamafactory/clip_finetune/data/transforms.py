@@ -26,6 +26,7 @@ class ImageSpec:
     std: list[float]
     normalize: bool
     train_transforms: list[str]
+    crop_scale: tuple[float, float] = (0.08, 1.0)
 
     @classmethod
     def from_processor(cls, image_processor: Any, data_args: Any) -> "ImageSpec":
@@ -39,13 +40,14 @@ class ImageSpec:
             std=list(data_args.image_std or image_processor.image_std),
             normalize="normalize" in data_args.train_transforms,
             train_transforms=list(data_args.train_transforms),
+            crop_scale=tuple(data_args.crop_scale or (0.08, 1.0)),
         )
 
     def train_transform(self) -> v2.Transform:
         mode = INTERPOLATION[self.interpolation]
         steps: list[v2.Transform] = []
         if "random_resized_crop" in self.train_transforms:
-            steps.append(v2.RandomResizedCrop(self.size, interpolation=mode, antialias=True))
+            steps.append(v2.RandomResizedCrop(self.size, scale=self.crop_scale, interpolation=mode, antialias=True))
         else:
             steps += [v2.Resize(self.size, interpolation=mode, antialias=True), v2.CenterCrop(self.size)]
         if "random_flip" in self.train_transforms:

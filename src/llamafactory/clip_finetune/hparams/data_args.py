@@ -34,6 +34,13 @@ class ClipDataArguments:
         default_factory=lambda: ["random_resized_crop", "random_flip", "normalize"],
         metadata={"help": f"Training transforms, from {TRANSFORMS}."},
     )
+    crop_scale: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "random_resized_crop's area range [min, max] (default: torchvision's [0.08, 1.0]; "
+            "finetuning_type tip: [0.5, 1.0], as Tip-Adapter's paper)."
+        },
+    )
     max_caption_length: int = field(default=77, metadata={"help": "Captions are truncated to this many tokens."})
     subsample_classes: Literal["all", "base", "new"] = field(
         default="all",
@@ -49,6 +56,10 @@ class ClipDataArguments:
             raise ValueError(f"train_transforms: unknown transform(s) {unknown}; choose from {list(TRANSFORMS)}.")
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation: `{self.interpolation}` is not one of {list(INTERPOLATIONS)}.")
+        if self.crop_scale is not None and not (
+            len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1
+        ):
+            raise ValueError(f"crop_scale needs [min, max] with 0 < min <= max <= 1, got {self.crop_scale}.")
         for key in ("image_mean", "image_std"):
             value = getattr(self, key)
             if value is not None and len(value) != 3:

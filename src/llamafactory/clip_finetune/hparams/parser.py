@@ -168,6 +168,8 @@ def check_clip_args(args: dict[str, Any] | list[str]) -> ClipArgs:
     web UI calls this before it launches anything."""
     model_args, data_args, training_args, finetuning_args = _parse(with_stage_defaults(with_clip_config(args)))
     _check(model_args, data_args, training_args, finetuning_args)
+    if finetuning_args.finetuning_type == "tip" and data_args.crop_scale is None:
+        data_args.crop_scale = [0.5, 1.0]  # Tip-Adapter's cache views: random resized crops of 50-100% of the area
     _detect_checkpoint(training_args)
     return model_args, data_args, training_args, finetuning_args
 

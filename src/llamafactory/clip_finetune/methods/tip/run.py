@@ -39,6 +39,8 @@ def cache_header(model_args: Any, data_args: Any, finetuning_args: Any, seed: in
         "num_shots": data_args.num_shots,
         "seed": seed,
         "augment_epoch": finetuning_args.tip_augment_epoch,
+        "train_transforms": list(data_args.train_transforms),
+        "crop_scale": list(data_args.crop_scale) if data_args.crop_scale else None,
         "feature_dim": dim,
         "finetuned": finetuning_args.tip_finetune,
         "classnames": list(classnames or []),
