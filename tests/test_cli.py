@@ -136,6 +136,10 @@ def test_peft_methods_under_torchrun_two_processes(tmp_path, example):
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
     assert "Process rank: 1, world size: 2" in log
+    if example == "adapter.yaml":  # the frozen image tower's feature cache: each rank encodes half, all gathered
+        for rank in (0, 1):
+            assert f"feature cache: rank {rank} encoded its 20 of 40 training images x 10 augmented views" in log
+        assert "feature cache: 40 images x 10 augmented views" in log
     assert (tmp_path / "adapter_model.safetensors").is_file() and "eval_accuracy" in read_json(
         tmp_path / "all_results.json"
     )

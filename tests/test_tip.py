@@ -287,14 +287,14 @@ def test_tip_search_refuses_a_validation_split_that_overlaps_the_cache(tmp_path)
 
 
 def test_a_compatible_reloaded_cache_encodes_no_image(tmp_path, monkeypatch):
-    from llamafactory.clip_finetune.methods.tip import run
+    from llamafactory.clip_finetune.train import feature_cache
 
     run_exp(tip_args(tmp_path / "first", tip_search_best=False))
 
     def refuse(*args, **kwargs):
         raise AssertionError("an image was encoded although the cache was reloaded")
 
-    monkeypatch.setattr(run, "compute_views", refuse)
+    monkeypatch.setattr(feature_cache, "compute_views", refuse)
     run_exp(
         tip_args(tmp_path / "again", tip_search_best=False, tip_load_cache=True, tip_cache_dir=str(tmp_path / "first"))
     )
@@ -327,7 +327,7 @@ def test_torchrun_ranks_encode_their_shards_and_hold_the_single_process_cache(tm
         log = out.stdout + out.stderr
         assert out.returncode == 0, log[-4000:]
         for rank in (0, 1):
-            assert f"tip: rank {rank} encoded its 10 of 20 training images x 2 augmented views" in log
+            assert f"feature cache: rank {rank} encoded its 10 of 20 training images x 2 augmented views" in log
         digests = dict(re.findall(r"tip: rank (\d) holds 20 keys, digest (\w+)", log))
         assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], log[-4000:]
 

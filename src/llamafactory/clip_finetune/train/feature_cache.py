@@ -1,10 +1,11 @@
 """Frozen image tower: compute its pooled output once per augmented view, instead of once per epoch."""
 
+import math
 import time
 
 import torch
 from llamafactory.extras import logging
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..data.datasets import CachedViewsDataset
 
@@ -16,6 +17,7 @@ def image_tower_frozen(clip: torch.nn.Module) -> bool:
     return not any(p.requires_grad for p in clip.vision_model.parameters())
 
 
+GATHER_BYTES = 256 * 2**20  # per collective when the views are gathered across ranks
 DEVICE_SHARE = 0.25  # the cache stays on the accelerator when it takes at most this share of its free memory
 
 
@@ -60,11 +62,53 @@ def compute_views(trainer, dataset, views: int, store: torch.device) -> torch.Te
     return torch.stack(passes, dim=1)
 
 
+def shard(total: int, rank: int, world: int) -> range:
+    """This rank's contiguous share of ``total`` items: ceil(total / world) each, the last ones shorter or empty."""
+    size = math.ceil(total / world)
+    return range(min(total, rank * size), min(total, (rank + 1) * size))
+
+
+def gather_rows(trainer, local: torch.Tensor, total: int, store: torch.device) -> torch.Tensor:
+    """Every rank's ``shard`` rows, concatenated in rank order, on every rank and on ``store``: [total, ...].
+    Gathered through the accelerator a slice of rows at a time, so a cache kept in host memory never has to fit
+    on the device whole."""
+    world = trainer.accelerator.num_processes
+    if world == 1 or total == 0:
+        return local.to(store)
+    rows = math.ceil(total / world)
+    padded = local.new_zeros(rows, *local.shape[1:])  # equal sizes for the collective
+    padded[: len(local)] = local
+    row_bytes = max(padded[0].numel() * padded.element_size() * world, 1)
+    step = max(GATHER_BYTES // row_bytes, 1)
+    pieces = [
+        trainer.accelerator.gather(padded[i : i + step].to(trainer.args.device)).view(world, -1, *local.shape[1:])
+        for i in range(0, rows, step)
+    ]
+    return torch.cat([piece.to(store) for piece in pieces], dim=1).flatten(0, 1)[:total]
+
+
+def encode_shard(trainer, dataset, views: int, store: torch.device) -> torch.Tensor:
+    """``compute_views`` over this rank's ``shard`` of ``dataset`` only."""
+    mine = shard(len(dataset), trainer.args.process_index, trainer.accelerator.num_processes)
+    start = time.perf_counter()
+    local = compute_views(trainer, Subset(dataset, list(mine)), views, store)
+    logger.info(
+        f"feature cache: rank {trainer.args.process_index} encoded its {len(mine)} of {len(dataset)} training images "
+        f"x {views} augmented views in {time.perf_counter() - start:.1f}s."
+    )
+    return local
+
+
+def shared_views(trainer, dataset, views: int, store: torch.device) -> torch.Tensor:
+    """``compute_views`` over the whole dataset on every rank, each rank encoding only its shard."""
+    return gather_rows(trainer, encode_shard(trainer, dataset, views, store), len(dataset), store)
+
+
 def cache_image_views(trainer, dataset, views: int) -> CachedViewsDataset:
     start = time.perf_counter()
     width = trainer.model.clip.vision_model.config.hidden_size
     store = cache_device(trainer.args, len(dataset) * views * width * 4)
-    cached = compute_views(trainer, dataset, views, store)
+    cached = shared_views(trainer, dataset, views, store)
     logger.info_rank0(
         f"feature cache: {cached.shape[0]} images x {views} augmented views of the frozen image tower, "
         f"computed once in {time.perf_counter() - start:.1f}s and kept on {store.type}; every epoch reuses them."

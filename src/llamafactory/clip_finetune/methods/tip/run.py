@@ -1,20 +1,17 @@
 """Wiring of Tip-Adapter into a run: the cache callback (build or reload, save, resume) and the alpha/beta search."""
 
 import hashlib
-import math
 import os
-import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from llamafactory.extras import logging
 from safetensors.torch import load_file
-from torch.utils.data import Subset
 from transformers import TrainerCallback
 
 from ...data.datasets import CachedViewsDataset
-from ...train.feature_cache import cache_device, compute_views
+from ...train.feature_cache import cache_device, encode_shard, gather_rows, shared_views
 from .cache import (
     CACHE_FILE,
     TipCache,
@@ -58,22 +55,6 @@ def cache_values(model, train, classnames, device) -> torch.Tensor:
     return F.normalize(summed, dim=-1)
 
 
-def shard(total: int, rank: int, world: int) -> range:
-    """This rank's contiguous share of ``total`` items: ceil(total / world) each, the last ones shorter or empty."""
-    size = math.ceil(total / world)
-    return range(min(total, rank * size), min(total, (rank + 1) * size))
-
-
-def gather_rows(trainer, local: torch.Tensor, total: int) -> torch.Tensor:
-    """Every rank's ``shard`` rows, concatenated in rank order, on every rank: [total, ...]."""
-    world = trainer.accelerator.num_processes
-    if world == 1:
-        return local
-    padded = local.new_zeros(math.ceil(total / world), *local.shape[1:])  # equal sizes for the collective
-    padded[: len(local)] = local
-    return trainer.accelerator.gather(padded.to(trainer.args.device))[:total]
-
-
 @torch.no_grad()
 def project_keys(model, pooled: torch.Tensor, device) -> torch.Tensor:
     """[images, views, width] pooled outputs -> keys: the projected views, averaged and re-normalized."""
@@ -103,36 +84,21 @@ class TipCacheCallback(TrainerCallback):
         self.trainer, self.datasets = trainer, datasets
         self.model_args, self.data_args, self.finetuning_args = model_args, data_args, finetuning_args
         self.header: dict = {}
-        self.views_encoded = 0  # images x views this rank encoded (0 when the cache was reloaded)
-
-    @torch.no_grad()
-    def local_views(self) -> torch.Tensor:
-        """This rank's shard of the training images, ``tip_augment_epoch`` augmented views each."""
-        trainer, train = self.trainer, self.datasets.train
-        mine = shard(len(train), trainer.args.process_index, trainer.accelerator.num_processes)
-        views = self.finetuning_args.tip_augment_epoch
-        start = time.perf_counter()
-        local = compute_views(trainer, Subset(train, list(mine)), views, trainer.args.device)
-        self.views_encoded += len(mine) * views
-        logger.info(
-            f"tip: rank {trainer.args.process_index} encoded its {len(mine)} of {len(train)} training images x "
-            f"{views} augmented views in {time.perf_counter() - start:.1f}s."
-        )
-        return local
 
     def all_views(self) -> torch.Tensor:
         """Every training image's views on every rank (Tip-F samples any of them), where they fit best."""
-        trainer = self.trainer
-        views = gather_rows(trainer, self.local_views(), len(self.datasets.train))
-        return views.to(cache_device(trainer.args, views.numel() * 4))
+        trainer, train, views = self.trainer, self.datasets.train, self.finetuning_args.tip_augment_epoch
+        nbytes = len(train) * views * trainer.model.clip.vision_model.config.hidden_size * 4
+        return shared_views(trainer, train, views, cache_device(trainer.args, nbytes))
 
     def image_keys(self, views: torch.Tensor | None) -> torch.Tensor:
-        """Keys of the training images: from all views when held, else from this rank's shard, gathered."""
-        model, device = self.trainer.model, self.trainer.args.device
+        """Keys of the training images: from all views when held, else from this rank's shard, gathered (keys are
+        smaller than the views they average)."""
+        trainer, train, device = self.trainer, self.datasets.train, self.trainer.args.device
         if views is not None:
-            return project_keys(model, views, device)
-        keys = project_keys(model, self.local_views(), device)
-        return gather_rows(self.trainer, keys, len(self.datasets.train))
+            return project_keys(trainer.model, views, device)
+        local = encode_shard(trainer, train, self.finetuning_args.tip_augment_epoch, device)
+        return gather_rows(trainer, project_keys(trainer.model, local, device), len(train), device)
 
     @torch.no_grad()
     def shared_keys_values(self, views, directory: str, dim: int):
