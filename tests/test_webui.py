@@ -220,9 +220,13 @@ def test_runner_trains_and_reports_metrics_then_aborts_a_long_run(tmp_path):
     for status in statuses:
         if status.losses:  # training is under way, loader workers included
             break
+    reloaded = runner.reattach("zh")  # a page opened meanwhile follows the same run
+    assert next(reloaded).percentage is not None
     process = psutil.Process(runner.process.pid)
     tree = process.children(recursive=True) + [process]
     runner.abort()
     final = list(statuses)[-1]
     assert final.message == "Aborted." and final.done
+    assert list(reloaded)[-1].message == "已中断。"
+    assert list(runner.reattach("en")) == []  # nothing runs: nothing to follow
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree)

@@ -83,6 +83,7 @@ class ClipRunner:
 
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None
+        self.output_dir: str | None = None
         self.aborted = False
 
     @property
@@ -93,7 +94,7 @@ class ClipRunner:
         if self.running:
             yield Status(alert("running", lang), done=True)
             return
-        output_dir = args["output_dir"]
+        output_dir = self.output_dir = args["output_dir"]
         os.makedirs(output_dir, exist_ok=True)
         text, argv = command(args)
         with open(os.path.join(output_dir, ARGS_FILE), "w", encoding="utf-8") as f:
@@ -107,6 +108,11 @@ class ClipRunner:
             self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         yield Status(alert("started", lang, shlex.join(argv)), percentage=0.0)
         yield from self.follow(output_dir, lang)
+
+    def reattach(self, lang: str) -> Iterator[Status]:
+        """A page opened (or reloaded) while a run goes on follows it too, as LLaMA Board's ``resume`` does."""
+        if self.running:
+            yield from self.follow(self.output_dir, lang)
 
     def follow(self, output_dir: str, lang: str) -> Iterator[Status]:
         process = self.process

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import pandas as pd
+from gradio.context import Context
 from PIL import Image
 
 from ...data.dataset_info import get_dataset_attr, read_dataset_info
@@ -227,4 +228,10 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
     elems["clip_load_btn"].click(on_load, [lang, elems["clip_config_path"]], [elems["clip_output"]] + form)
     elems["clip_start_btn"].click(on_start, [lang] + form, outputs, concurrency_limit=None)
     elems["clip_stop_btn"].click(runner.abort, queue=False)
+
+    def on_page_load(language: str | None):
+        for status in runner.reattach(language or "en"):
+            yield _show(status, language or "en")
+
+    Context.root_block.load(on_page_load, [lang], outputs, concurrency_limit=None)
     return elems
