@@ -213,3 +213,31 @@ def test_task_model_zero_grad_clears_parts_set_after_the_first_call():
     model.cache.weight.grad = torch.ones(2, 2)
     model.zero_grad(set_to_none=False)
     assert torch.equal(model.cache.weight.grad, torch.zeros(2, 2))
+
+
+def test_gather_rows_reassembles_rank_order_across_slices(monkeypatch):
+    """Rank 0's view of a 2-rank gather of 7 rows (4 + 3, padded) in slices of one row: the same rows, in order."""
+    import types
+
+    from llamafactory.clip_finetune.train import feature_cache
+
+    rows = torch.arange(7 * 3, dtype=torch.float32).view(7, 3)
+    mine, theirs = (
+        rows[feature_cache.shard(7, rank, 2).start : feature_cache.shard(7, rank, 2).stop] for rank in (0, 1)
+    )
+    assert len(mine) == 4 and len(theirs) == 3
+    theirs = torch.cat([theirs, torch.zeros(1, 3)])  # what rank 1 pads to
+
+    class TwoRanks:
+        num_processes, offset, calls = 2, 0, 0
+
+        def gather(self, local):
+            part = theirs[self.offset : self.offset + len(local)]
+            self.offset, self.calls = self.offset + len(local), self.calls + 1
+            return torch.cat([local, part])
+
+    accelerator = TwoRanks()
+    trainer = types.SimpleNamespace(accelerator=accelerator, args=types.SimpleNamespace(device=torch.device("cpu")))
+    monkeypatch.setattr(feature_cache, "GATHER_BYTES", 2 * 3 * 4)  # one row of both ranks per collective
+    gathered = feature_cache.gather_rows(trainer, mine, 7, torch.device("cpu"))
+    assert torch.equal(gathered, rows) and accelerator.calls == 4

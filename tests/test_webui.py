@@ -74,17 +74,27 @@ def test_only_the_chosen_methods_options_reach_the_arguments(tmp_path, method, p
 def test_form_details_precision_shots_extra_and_dassl_config(tmp_path):
     args = build_args(form(tmp_path, clip_compute_type="bf16", clip_num_shots=0, clip_extra_args='{"seed": 3}'))
     assert args["bf16"] is True and "num_shots" not in args and args["seed"] == 3
+    assert "lora_alpha" not in build_args(form(tmp_path, clip_method="lora", clip_lora_alpha=0))  # stage: 2 x rank
+    assert build_args(form(tmp_path, clip_method="lora", clip_lora_alpha=32))["lora_alpha"] == 32
     i2t = build_args(form(tmp_path, clip_task="image_to_text", clip_dataset=["emoji_captions_train"]))
     assert "num_shots" not in i2t  # shots are per class
-    dassl = build_args(form(tmp_path, clip_config="vit_b16"))
-    assert dassl["clip_config"] == "vit_b16"
-    assert not {"learning_rate", "num_train_epochs", "per_device_train_batch_size"} & set(dassl)  # the config's own
+
+    # with a Dassl config only the fields changed from the tab's defaults are sent (a sent key beats the config's)
+    config = "vit_b16,examples/clip/dassl/abs.yaml"
+    dassl = build_args(form(tmp_path, clip_config=config, clip_learning_rate="1e-3", clip_dataset=[]))
+    assert dassl["clip_config"] == config and dassl["learning_rate"] == 1e-3 and dassl["clip_task"] == "classification"
+    unchanged = {"abs", "abs_keep", "logging_steps", "num_train_epochs", "finetuning_type", "dataset", "num_shots"}
+    assert not unchanged & set(dassl)
+    assert dassl["model_name_or_path"] == str(TINY_CLIP)  # changed from the preset: sent
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
         ({"clip_learning_rate": "abc"}, "Learning rate must be a number, got `abc`."),
+        ({"clip_learning_rate": "-1e-3"}, "Learning rate must be a number, got `-1e-3`."),
+        ({"clip_num_train_epochs": "nan"}, "Epochs must be a number, got `nan`."),
+        ({"clip_method": "prefix"}, "method `prefix` is not one of"),
         ({"clip_num_train_epochs": ""}, "Epochs must be a number, got ``."),
         ({"clip_dataset_dir": "/nonexistent"}, "Data dir `/nonexistent` has no dataset_info.json."),
         ({"clip_dataset": []}, "Choose a train dataset."),
@@ -122,6 +132,9 @@ def test_an_output_dir_holding_another_run_is_refused(tmp_path):
     args = build_args(form(tmp_path))
     run = tmp_path / "run"
     run.mkdir()
+    for trace in ("training_args.yaml", "webui_process.log", "running_log.txt", "trainer_log.jsonl"):
+        (run / trace).write_text("a launch that stopped before saving anything\n")
+    validate(args, "en")  # nothing of a run to protect: a new start (or the same one again) may use it
     (run / "model.safetensors").write_bytes(b"x")
     with pytest.raises(FormError, match="already holds a different run"):
         validate(args, "en")
@@ -129,13 +142,19 @@ def test_an_output_dir_holding_another_run_is_refused(tmp_path):
 
 def test_saved_form_loads_back_and_unknown_fields_are_refused(tmp_path):
     values = form(tmp_path, clip_method="lora", clip_lora_rank=4)
-    save_form(values, str(tmp_path / "cfg" / "args.yaml"))
+    save_form(values, str(tmp_path / "cfg" / "args.yaml"), "en")
     assert form_from_file(str(tmp_path / "cfg" / "args.yaml"), "en") == {name: values[name] for name in FIELDS}
     (tmp_path / "bad.yaml").write_text("clip_lora_rnk: 4\n")
     with pytest.raises(FormError, match=r"unknown field\(s\) \['clip_lora_rnk'\]"):
         form_from_file(str(tmp_path / "bad.yaml"), "en")
     with pytest.raises(FormError, match="does not exist"):
         form_from_file(str(tmp_path / "none.yaml"), "en")
+    (tmp_path / "broken.yaml").write_text("clip_task: [\n")
+    with pytest.raises(FormError, match="broken.yaml"):
+        form_from_file(str(tmp_path / "broken.yaml"), "en")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(FormError, match="a_file/args.yaml"):  # its folder is a file: a message, not a crash
+        save_form(values, str(tmp_path / "a_file" / "args.yaml"), "en")
 
 
 def test_locales_cover_every_language_of_llama_board_without_touching_its_entries():
@@ -200,6 +219,9 @@ def test_runner_trains_and_reports_metrics_then_aborts_a_long_run(tmp_path):
         )
     )
     runner = ClipRunner()
+    refused = list(runner.launch(args, "en", busy=True))  # LLaMA Board's own runner is training
+    assert [status.message for status in refused] == ["A run is already in progress."]
+    assert not (tmp_path / "run").exists()
     statuses = list(runner.launch(args, "en"))
     final = statuses[-1]
     assert final.done and final.percentage == 100.0, final.message

@@ -142,7 +142,8 @@ def _check(model_args, data_args, training_args, finetuning_args) -> None:
 
 
 # what LLaMA Board and the CLIP tab write into output_dir before the run starts (besides the arguments' yaml)
-LAUNCHER_FILES = {"running_log.txt", "webui_process.log"}
+# (and trainer_log.jsonl, which alone, without model files, is the trace of a run that stopped before saving)
+LAUNCHER_FILES = {"running_log.txt", "webui_process.log", "trainer_log.jsonl"}
 
 
 def _detect_checkpoint(training_args) -> None:

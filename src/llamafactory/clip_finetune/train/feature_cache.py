@@ -80,11 +80,11 @@ def gather_rows(trainer, local: torch.Tensor, total: int, store: torch.device) -
     padded[: len(local)] = local
     row_bytes = max(padded[0].numel() * padded.element_size() * world, 1)
     step = max(GATHER_BYTES // row_bytes, 1)
-    pieces = [
-        trainer.accelerator.gather(padded[i : i + step].to(trainer.args.device)).view(world, -1, *local.shape[1:])
-        for i in range(0, rows, step)
-    ]
-    return torch.cat([piece.to(store) for piece in pieces], dim=1).flatten(0, 1)[:total]
+    pieces = []  # each slice leaves the device as soon as it is gathered
+    for i in range(0, rows, step):
+        gathered = trainer.accelerator.gather(padded[i : i + step].to(trainer.args.device))
+        pieces.append(gathered.view(world, -1, *local.shape[1:]).to(store))
+    return torch.cat(pieces, dim=1).flatten(0, 1)[:total]
 
 
 def encode_shard(trainer, dataset, views: int, store: torch.device) -> torch.Tensor:

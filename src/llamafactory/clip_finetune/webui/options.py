@@ -4,6 +4,7 @@ Kept free of Gradio so that the form logic is tested directly; ``components/clip
 """
 
 import json
+import math
 import os
 import shlex
 from typing import Any
@@ -68,16 +69,9 @@ GROUPS = {
     ],
     "lora": ["lora_rank", "lora_alpha", "lora_dropout", "lora_target"],
 }
+# blank or 0 means the stage's default: field -> Number precision
+BLANK_NUMBERS = {"clip_abs_warmup_epochs": None, "clip_lora_alpha": 0}
 LIST_KEYS = {"bias_terms", "bias_terms_exclude"}  # comma-separated in the form, lists for the stage
-# what a Dassl config (`clip_config`) supplies instead of the form: the optimization settings
-CONFIG_OWNED = [
-    "per_device_train_batch_size",
-    "per_device_eval_batch_size",
-    "learning_rate",
-    "num_train_epochs",
-    "lr_scheduler_type",
-    "warmup_steps",
-]
 NUMBER_TEXT = ["clip_learning_rate", "clip_num_train_epochs"]  # free text in the form, numbers for the stage
 OTHER_FIELDS = ["clip_compute_type", "clip_extra_args"]
 FIELDS = list(COMMON) + [f"clip_{key}" for keys in GROUPS.values() for key in keys] + OTHER_FIELDS
@@ -94,7 +88,7 @@ DEFAULTS: dict[str, Any] = {
     "clip_config": "",
     "clip_abs": False,
     "clip_abs_keep": 5,
-    "clip_abs_warmup_epochs": 1,
+    "clip_abs_warmup_epochs": None,  # blank: the stage's default (the schedule's warm-up)
     "clip_abs_top": True,
     "clip_bias_terms": "",
     "clip_bias_terms_exclude": "",
@@ -111,9 +105,9 @@ DEFAULTS: dict[str, Any] = {
     "clip_tip_search_best": False,
     "clip_tip_load_cache": False,
     "clip_tip_fixed_cache": False,
-    "clip_tip_new_dataset": True,
+    "clip_tip_new_dataset": False,
     "clip_lora_rank": 8,
-    "clip_lora_alpha": 16,
+    "clip_lora_alpha": None,  # blank: the stage's default (2 x rank)
     "clip_lora_dropout": 0.0,
     "clip_lora_target": "q_proj,v_proj",
     "clip_train_batch_size": 32,
@@ -156,10 +150,14 @@ def _label(field: str, lang: str) -> str:
 
 
 def _number(field: str, value: Any, lang: str) -> float:
+    """A positive, finite number typed as text (learning rate, epochs)."""
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise FormError(alert("not_a_number", lang, _label(field, lang), value)) from None
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise FormError(alert("not_a_number", lang, _label(field, lang), value))
+    return number
 
 
 def _names(value: Any) -> str | None:
@@ -169,31 +167,40 @@ def _names(value: Any) -> str | None:
 
 
 def build_args(form: dict[str, Any], lang: str = "en") -> dict[str, Any]:
-    """The stage arguments of a filled-in form. Raises ``FormError`` for fields that are missing or not numbers."""
+    """The stage arguments of a filled-in form. Raises ``FormError`` for fields that are missing or not numbers.
+
+    With a Dassl config (``clip_config``) only the fields changed from the tab's defaults are sent: any key sent
+    would override the config's own value."""
     dataset_dir = form["clip_dataset_dir"] or "data"
+    with_config = bool(_names(form["clip_config"]))
     if not os.path.isfile(os.path.join(dataset_dir, "dataset_info.json")):
         raise FormError(alert("no_dataset_dir", lang, dataset_dir))
-    if not _names(form["clip_dataset"]):
+    if not with_config and not _names(form["clip_dataset"]):
         raise FormError(alert("no_dataset", lang))
-    if not _names(form["clip_eval_dataset"]):
+    if not with_config and not _names(form["clip_eval_dataset"]):
         raise FormError(alert("no_eval_dataset", lang))
+    if form["clip_method"] not in METHODS:
+        raise FormError(alert("invalid", lang, f"method `{form['clip_method']}` is not one of {METHODS}"))
+    sent = [field for field in COMMON if not with_config or form[field] != DEFAULTS[field]]
+    sent += ["clip_task", "clip_output_dir"]  # the task decides what the datasets are; output_dir is the tab's
     args: dict[str, Any] = {"stage": "clip", "do_train": True, "do_eval": True}
     for field, key in COMMON.items():
         value = form[field]
+        if field not in sent:
+            continue
         if field in NUMBER_TEXT:
             value = _number(field, value, lang)
         elif field in ("clip_dataset", "clip_val_dataset", "clip_eval_dataset", "clip_config"):
             value = _names(value)
         if value is not None:
             args[key] = value
-    if "clip_config" in args:  # explicit keys win over the config: leave its optimization settings to it
-        for key in CONFIG_OWNED:
-            args.pop(key, None)
     if args.get("num_shots") == 0 or args["clip_task"] != "classification":
         args.pop("num_shots", None)  # 0 means every image; shots apply to classification only
-    for group in METHOD_GROUPS[args["finetuning_type"]]:
+    for group in METHOD_GROUPS[form["clip_method"]]:
         for key in GROUPS[group]:
             value = form[f"clip_{key}"]
+            if (with_config and value == DEFAULTS[f"clip_{key}"]) or (f"clip_{key}" in BLANK_NUMBERS and not value):
+                continue  # a blank (or 0) number: the stage's default
             if key in LIST_KEYS:
                 value = [term.strip() for term in (value or "").split(",") if term.strip()] or None
             if value is not None:
@@ -215,27 +222,39 @@ def _extra(text: str, lang: str) -> dict[str, Any]:
     return extra
 
 
+def _read_yaml(path: str, lang: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as err:
+        raise FormError(alert("invalid", lang, f"`{path}`: {err}")) from None
+
+
 def check_output_dir(args: dict[str, Any], lang: str) -> None:
-    """An output dir that holds another run's files is refused; the same arguments again (a resume) are not."""
+    """An output dir that holds another run's files is refused; the same arguments again (a resume) are not, and
+    neither is a dir with only the traces of a launch that stopped before saving anything."""
+    from ..hparams.parser import LAUNCHER_FILES
+
     output_dir = args["output_dir"]
-    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+    if not os.path.isdir(output_dir):
+        return
+    if all(name in LAUNCHER_FILES or name == ARGS_FILE for name in os.listdir(output_dir)):
         return
     saved = os.path.join(output_dir, ARGS_FILE)
-    if os.path.isfile(saved):
-        with open(saved, encoding="utf-8") as f:
-            if yaml.safe_load(f) == args:
-                return
+    if os.path.isfile(saved) and _read_yaml(saved, lang) == args:
+        return
     raise FormError(alert("other_run", lang, output_dir))
 
 
 def validate(args: dict[str, Any], lang: str) -> None:
-    """Everything a run would check first, so that the tab launches nothing that would fail at once."""
+    """Everything a run would check first, so that the tab launches nothing that would fail at once. The stage's
+    parser runs here with ``use_cpu`` so that the web UI process never claims a GPU."""
     from ..hparams.parser import check_clip_args
 
     check_output_dir(args, lang)
     dataset_dir = args["dataset_dir"]
-    info = read_dataset_info(dataset_dir)
     try:
+        info = read_dataset_info(dataset_dir)
         for key in ("dataset", "val_dataset", "eval_dataset"):
             for name in (args.get(key) or "").split(","):
                 if name:
@@ -244,8 +263,8 @@ def validate(args: dict[str, Any], lang: str) -> None:
                         raise ValueError(
                             f"{attr.where} is a {attr.task} dataset, but the task is {args['clip_task']}."
                         )
-        check_clip_args(dict(args))
-    except (ValueError, TypeError) as err:
+        check_clip_args(dict(args, use_cpu=True))
+    except (ValueError, TypeError, OSError) as err:
         raise FormError(alert("invalid", lang, err)) from None
 
 
@@ -264,15 +283,19 @@ def form_from_file(path: str, lang: str) -> dict[str, Any]:
     """Saved form values (``save_form``) for the fields they name; unknown names are refused."""
     if not os.path.isfile(path):
         raise FormError(alert("no_args_file", lang, path))
-    with open(path, encoding="utf-8") as f:
-        saved = yaml.safe_load(f) or {}
+    saved = _read_yaml(path, lang) or {}
+    if not isinstance(saved, dict):
+        raise FormError(alert("invalid", lang, f"`{path}` does not hold a mapping of fields"))
     unknown = sorted(set(saved) - set(FIELDS))
     if unknown:
         raise FormError(alert("invalid", lang, f"`{path}` has unknown field(s) {unknown}"))
     return saved
 
 
-def save_form(form: dict[str, Any], path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump({name: form[name] for name in FIELDS}, f, sort_keys=False, allow_unicode=True)
+def save_form(form: dict[str, Any], path: str, lang: str) -> None:
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump({name: form[name] for name in FIELDS}, f, sort_keys=False, allow_unicode=True)
+    except OSError as err:
+        raise FormError(alert("invalid", lang, f"`{path}`: {err}")) from None

@@ -8,7 +8,9 @@ child process with ``LLAMABOARD_ENABLED`` / ``LLAMABOARD_WORKDIR`` set, so LLaMA
 import json
 import os
 import shlex
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,24 +39,32 @@ class Status:
 
 
 def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
-    """Terminate a process and every descendant (torchrun workers, loader workers), then kill what remains."""
+    """Terminate a process and every descendant (torchrun workers, loader workers), then kill what remains. A child
+    started in its own session (``launch`` does that) is also stopped through its process group, which catches
+    processes spawned after the snapshot of descendants."""
     try:
         root = psutil.Process(pid)
         processes = root.children(recursive=True) + [root]
-    except psutil.NoSuchProcess:
+        group = os.getpgid(pid) if os.getpgid(pid) == pid else None
+    except (psutil.NoSuchProcess, ProcessLookupError):
         return
+    _signal(processes, group, signal.SIGTERM)
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    _signal(alive, group, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
+def _signal(processes: list[psutil.Process], group: int | None, sig: int) -> None:
+    if group is not None:
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            pass
     for process in processes:
         try:
-            process.terminate()
+            process.send_signal(sig)
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(processes, timeout=grace_s)
-    for process in alive:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace_s)
 
 
 def read_trainer_log(output_dir: str) -> list[dict[str, Any]]:
@@ -85,27 +95,36 @@ class ClipRunner:
         self.process: subprocess.Popen | None = None
         self.output_dir: str | None = None
         self.aborted = False
+        self.lock = threading.Lock()  # two clicks on Start never launch two runs
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def launch(self, args: dict[str, Any], lang: str) -> Iterator[Status]:
-        if self.running:
-            yield Status(alert("running", lang), done=True)
-            return
-        output_dir = self.output_dir = args["output_dir"]
-        os.makedirs(output_dir, exist_ok=True)
-        text, argv = command(args)
-        with open(os.path.join(output_dir, ARGS_FILE), "w", encoding="utf-8") as f:
-            f.write(text)
-        for stale in ("trainer_log.jsonl", "all_results.json"):  # a resumed run must not show the last run's end
-            if os.path.isfile(os.path.join(output_dir, stale)):
-                os.remove(os.path.join(output_dir, stale))
-        env = dict(os.environ, LLAMABOARD_ENABLED="1", LLAMABOARD_WORKDIR=output_dir)
-        self.aborted = False
-        with open(os.path.join(output_dir, PROCESS_LOG), "w", encoding="utf-8") as log:
-            self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    def launch(self, args: dict[str, Any], lang: str, busy: bool = False) -> Iterator[Status]:
+        """``busy``: LLaMA Board's own runner is training; one run at a time on the machine."""
+        with self.lock:
+            if self.running or busy:
+                yield Status(alert("running", lang), done=True)
+                return
+            output_dir = self.output_dir = args["output_dir"]
+            text, argv = command(args)
+            try:
+                os.makedirs(output_dir, exist_ok=True)
+                with open(os.path.join(output_dir, ARGS_FILE), "w", encoding="utf-8") as f:
+                    f.write(text)
+                for stale in ("trainer_log.jsonl", "all_results.json"):  # a resumed run must not show the last end
+                    if os.path.isfile(os.path.join(output_dir, stale)):
+                        os.remove(os.path.join(output_dir, stale))
+                env = dict(os.environ, LLAMABOARD_ENABLED="1", LLAMABOARD_WORKDIR=output_dir)
+                self.aborted = False
+                with open(os.path.join(output_dir, PROCESS_LOG), "w", encoding="utf-8") as log:
+                    self.process = subprocess.Popen(
+                        argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    )
+            except OSError as err:  # an unwritable output dir, or no llamafactory-cli on PATH
+                yield Status(alert("invalid", lang, err), done=True)
+                return
         yield Status(alert("started", lang, shlex.join(argv)), percentage=0.0)
         yield from self.follow(output_dir, lang)
 
@@ -145,7 +164,8 @@ class ClipRunner:
     def _final(self, output_dir: str, returncode: int, lang: str) -> Status:
         status = self._progress(output_dir)
         status.done = True
-        if self.aborted:
+        finished = returncode == 0 and os.path.isfile(os.path.join(output_dir, "all_results.json"))
+        if self.aborted and not finished:  # an abort that came after the run ended changes nothing
             status.message = alert("aborted", lang)
             return status
         if returncode != 0:

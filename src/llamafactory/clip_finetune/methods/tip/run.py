@@ -97,7 +97,9 @@ class TipCacheCallback(TrainerCallback):
         trainer, train, device = self.trainer, self.datasets.train, self.trainer.args.device
         if views is not None:
             return project_keys(trainer.model, views, device)
-        local = encode_shard(trainer, train, self.finetuning_args.tip_augment_epoch, device)
+        views = self.finetuning_args.tip_augment_epoch
+        nbytes = len(train) * views * trainer.model.clip.vision_model.config.hidden_size * 4
+        local = encode_shard(trainer, train, views, cache_device(trainer.args, nbytes))
         return gather_rows(trainer, project_keys(trainer.model, local, device), len(train), device)
 
     @torch.no_grad()

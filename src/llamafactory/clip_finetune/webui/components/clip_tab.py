@@ -6,12 +6,14 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 import pandas as pd
 from gradio.context import Context
+from llamafactory.webui.common import load_config
 from PIL import Image
 
 from ...data.dataset_info import get_dataset_attr, read_dataset_info
 from ...data.readers import read_samples
 from ..locales import CLIP_LOCALES, alert
 from ..options import (
+    BLANK_NUMBERS,
     DEFAULTS,
     FIELDS,
     GROUPS,
@@ -131,6 +133,8 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
                     elems[name] = gr.Checkbox(value=value, **_kw(name))
                 elif key == "adapter_target":
                     elems[name] = gr.Dropdown(["vision", "text", "both"], value=value, **_kw(name))
+                elif name in BLANK_NUMBERS:
+                    elems[name] = gr.Number(value=value, precision=BLANK_NUMBERS[name], **_kw(name))
                 elif isinstance(value, (int, float)):
                     elems[name] = gr.Number(value=value, precision=0 if isinstance(value, int) else None, **_kw(name))
                 else:
@@ -195,11 +199,14 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
         except FormError as err:
             yield str(err), gr.update(), gr.update(), gr.update()  # the last run's progress and metrics stay
             return
-        for status in runner.launch(args, language):
+        for status in runner.launch(args, language, busy=engine.runner.running):
             yield _show(status, language)
 
     def on_save(language: str, path: str, *values: Any) -> str:
-        save_form(read_form(values), path)
+        try:
+            save_form(read_form(values), path, language)
+        except FormError as err:
+            return str(err)
         return alert("saved_args", language, path)
 
     def on_load(language: str, path: str):
@@ -207,15 +214,22 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
             saved = form_from_file(path, language)
         except FormError as err:
             return [str(err)] + [gr.update() for _ in FIELDS]
-        return [alert("loaded_args", language, path)] + [
-            gr.update(value=saved[n]) if n in saved else gr.update() for n in FIELDS
-        ]
+        # the loaded data dir and task decide which datasets can be chosen
+        choices = list_datasets(saved.get("clip_dataset_dir") or "data", saved.get("clip_task") or "classification")
+        updates = []
+        for name in FIELDS:
+            update = {"value": saved[name]} if name in saved else {}
+            if name in ("clip_dataset", "clip_val_dataset", "clip_eval_dataset"):
+                update["choices"] = choices
+            updates.append(gr.update(**update))
+        return [alert("loaded_args", language, path)] + updates
 
     def on_method(method: str):
         return [gr.update(visible=group in METHOD_GROUPS[method]) for group in GROUPS]
 
     dataset_fields = [elems["clip_dataset"], elems["clip_val_dataset"], elems["clip_eval_dataset"]]
-    for trigger in (elems["clip_dataset_dir"].change, elems["clip_task"].change):
+    # `.input`: only what the user types or picks; a loaded arguments file sets the datasets itself
+    for trigger in (elems["clip_dataset_dir"].input, elems["clip_task"].input):
         trigger(_dataset_choices, [elems["clip_dataset_dir"], elems["clip_task"]], dataset_fields, queue=False)
     elems["clip_method"].change(on_method, [elems["clip_method"]], list(groups.values()), queue=False)
     elems["clip_preview_data_btn"].click(
@@ -224,14 +238,16 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
         [elems["clip_gallery"], elems["clip_output"]],
     )
     elems["clip_preview_btn"].click(on_preview, [lang] + form, elems["clip_output"])
-    elems["clip_save_btn"].click(on_save, [lang, elems["clip_config_path"]] + form, elems["clip_output"])
     elems["clip_load_btn"].click(on_load, [lang, elems["clip_config_path"]], [elems["clip_output"]] + form)
-    elems["clip_start_btn"].click(on_start, [lang] + form, outputs, concurrency_limit=None)
-    elems["clip_stop_btn"].click(runner.abort, queue=False)
+    if not engine.demo_mode:  # like LLaMA Board: a demo Space shows the tab but runs and writes nothing
+        elems["clip_save_btn"].click(on_save, [lang, elems["clip_config_path"]] + form, elems["clip_output"])
+        elems["clip_start_btn"].click(on_start, [lang] + form, outputs, concurrency_limit=None)
+        elems["clip_stop_btn"].click(runner.abort, queue=False)
 
     def on_page_load(language: str | None):
-        for status in runner.reattach(language or "en"):
-            yield _show(status, language or "en")
+        language = language or load_config().get("lang") or "en"  # LLaMA Board sets the dropdown after this
+        for status in runner.reattach(language):
+            yield _show(status, language)
 
     Context.root_block.load(on_page_load, [lang], outputs, concurrency_limit=None)
     return elems
