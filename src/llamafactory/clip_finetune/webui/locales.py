@@ -48,7 +48,12 @@ CLIP_LOCALES: dict[str, dict[str, dict[str, str]]] = {
     ),
     "clip_abs": _entry("Angle-Based Selection", "基于角度的层选择"),
     "clip_abs_keep": _entry("Units kept per group", "每组保留的层数"),
-    "clip_abs_warmup_epochs": _entry("Warm-up epochs", "预热轮数"),
+    "clip_abs_warmup_epochs": _entry(
+        "Warm-up epochs",
+        "预热轮数",
+        "Before the selection; 0: the schedule's warm-up.",
+        "选择之前的轮数；0 表示学习率预热的轮数。",
+    ),
     "clip_abs_top": _entry("Keep the largest angles", "保留角度最大的层"),
     "clip_bias_terms": _entry(
         "Include terms",
@@ -72,7 +77,7 @@ CLIP_LOCALES: dict[str, dict[str, dict[str, str]]] = {
     "clip_tip_fixed_cache": _entry("Fixed shared cache", "固定大小的共享缓存"),
     "clip_tip_new_dataset": _entry("Add this dataset to the shared cache", "将本数据集加入共享缓存"),
     "clip_lora_rank": _entry("LoRA rank", "LoRA 秩"),
-    "clip_lora_alpha": _entry("LoRA alpha", "LoRA 缩放系数"),
+    "clip_lora_alpha": _entry("LoRA alpha", "LoRA 缩放系数", "0: twice the rank.", "0 表示秩的两倍。"),
     "clip_lora_dropout": _entry("LoRA dropout", "LoRA Dropout"),
     "clip_lora_target": _entry("LoRA modules", "LoRA 作用模块"),
     "clip_train_batch_size": _entry("Train batch size", "训练批大小"),
