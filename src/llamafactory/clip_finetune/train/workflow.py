@@ -120,4 +120,7 @@ def run_clip_training_function(config: dict[str, Any]) -> None:
     callbacks = list(config.get("callbacks") or []) + [LogCallback()]
     run_clip(model_args, data_args, training_args, finetuning_args, callbacks)
     if dist.is_initialized() and not training_args.use_ray:  # Ray tears its process group down itself
+        # rank 0 may still be writing results: a rank that tore the group down and exited meanwhile could leave
+        # rank 0's transport threads with a closed peer (seen once as a SIGABRT at exit under gloo)
+        dist.barrier()
         dist.destroy_process_group()
