@@ -59,6 +59,28 @@ def affinity_powers(affinity: torch.Tensor, beta: torch.Tensor):
             yield current
 
 
+def _alpha_bounds(d_logit, d_cache, others, ties_win: bool):
+    """Where ``d_logit + alpha * d_cache`` stays on the winning side against every ``others`` entry (last dim):
+    alpha above ``low``, below ``high``; ``flat`` is False where an entry with no cache difference already beats it
+    (or ties it, unless ``ties_win``) whatever alpha is."""
+    bound = -d_logit / d_cache
+    inf = torch.full_like(bound, float("inf"))
+    low = torch.where((d_cache > 0) & others, bound, -inf).amax(-1)
+    high = torch.where((d_cache < 0) & others, bound, inf).amin(-1)
+    losing = d_logit < 0 if ties_win else d_logit <= 0
+    flat = ((d_cache == 0) & others & losing).any(-1).logical_not()
+    return low, high, flat
+
+
+def _keep_best(best: tuple, scores: torch.Tensor, alphas: torch.Tensor, beta: torch.Tensor) -> tuple:
+    """(score, alpha, beta) of the better of ``best`` and the best cell of ``scores`` [betas, alphas]."""
+    value, index = scores.flatten().max(0)
+    if value.item() <= best[0]:
+        return best
+    b, a = divmod(index.item(), len(alphas))
+    return value.item(), alphas[a].item(), beta[b].item()
+
+
 @torch.no_grad()
 def search_alpha_beta(
     clip_logits: torch.Tensor,
@@ -87,17 +109,9 @@ def search_alpha_beta(
         beta = betas[start : start + chunk].to(affinity)
         cache = torch.stack([powers @ values for powers in affinity_powers(affinity, beta)])  # [b, n, c]
         d_cache = cache[:, rows, labels][..., None] - cache  # [b, n, c]
-        bound = -d_logit / d_cache
-        inf = torch.full_like(bound, float("inf"))
-        low = torch.where((d_cache > 0) & others, bound, -inf).amax(-1)  # [b, n]
-        high = torch.where((d_cache < 0) & others, bound, inf).amin(-1)
-        flat_ok = ((d_cache == 0) & others & (d_logit <= 0)).any(-1).logical_not()
+        low, high, flat_ok = _alpha_bounds(d_logit, d_cache, others, ties_win=False)  # [b, n]
         correct = flat_ok[..., None] & (alphas > low[..., None]) & (alphas < high[..., None])  # [b, n, a]
-        accuracy = correct.float().mean(1)  # [b, a]
-        value, index = accuracy.flatten().max(0)
-        if value.item() > best[0]:
-            b, a = divmod(index.item(), len(alphas))
-            best = (value.item(), alphas[a].item(), beta[b].item())
+        best = _keep_best(best, correct.float().mean(1), alphas, beta)
     accuracy, alpha, beta = best
     return alpha, beta, accuracy
 
@@ -137,18 +151,10 @@ def search_alpha_beta_i2t(
             others = owner[None, :] != image[:, None]  # [j, k]: captions of other images
             d_logit = image_text[image, mine][:, None] - image_text[image]  # [j, k]
             d_cache = cache[:, image, mine][..., None] - cache[:, image]  # [b, j, k]
-            bound = -d_logit / d_cache
-            inf = torch.full_like(bound, float("inf"))
-            low = torch.where((d_cache > 0) & others, bound, -inf).amax(-1)  # [b, j]
-            high = torch.where((d_cache < 0) & others, bound, inf).amin(-1)
-            flat_ok = ((d_cache == 0) & others & (d_logit < 0)).any(-1).logical_not()
+            low, high, flat_ok = _alpha_bounds(d_logit, d_cache, others, ties_win=True)  # [b, j]
             top = flat_ok[..., None] & (alphas >= low[..., None]) & (alphas <= high[..., None])  # [b, j, a]
             hits.index_add_(1, image, top.float())
-        recall = (hits > 0).float().mean(1)  # [b, a]
-        value, index = recall.flatten().max(0)
-        if value.item() > best[0]:
-            b, a = divmod(index.item(), len(alphas))
-            best = (value.item(), alphas[a].item(), beta[b].item())
+        best = _keep_best(best, (hits > 0).float().mean(1), alphas, beta)  # recall [b, a]
     recall, alpha, beta = best
     return alpha, beta, recall
 
