@@ -21,9 +21,11 @@ GATHER_BYTES = 256 * 2**20  # per collective when the views are gathered across 
 DEVICE_SHARE = 0.25  # the cache stays on the accelerator when it takes at most this share of its free memory
 
 
-def cache_device(args, nbytes: int) -> torch.device:
-    """Where the cached features live: on the accelerator when they fit easily, so that a training step gathers its
-    batch there with no host-to-device copy; otherwise in host memory."""
+def cache_device(trainer, images: int, views: int) -> torch.device:
+    """Where ``views`` pooled features of ``images`` images live: on the accelerator when they fit easily, so that a
+    training step gathers its batch there with no host-to-device copy; otherwise in host memory."""
+    args = trainer.args
+    nbytes = images * views * trainer.model.clip.vision_model.config.hidden_size * 4  # float32
     if args.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(args.device)
         if nbytes <= DEVICE_SHARE * free:
@@ -106,8 +108,7 @@ def shared_views(trainer, dataset, views: int, store: torch.device) -> torch.Ten
 
 def cache_image_views(trainer, dataset, views: int) -> CachedViewsDataset:
     start = time.perf_counter()
-    width = trainer.model.clip.vision_model.config.hidden_size
-    store = cache_device(trainer.args, len(dataset) * views * width * 4)
+    store = cache_device(trainer, len(dataset), views)
     cached = shared_views(trainer, dataset, views, store)
     logger.info_rank0(
         f"feature cache: {cached.shape[0]} images x {views} augmented views of the frozen image tower, "

@@ -88,8 +88,7 @@ class TipCacheCallback(TrainerCallback):
     def all_views(self) -> torch.Tensor:
         """Every training image's views on every rank (Tip-F samples any of them), where they fit best."""
         trainer, train, views = self.trainer, self.datasets.train, self.finetuning_args.tip_augment_epoch
-        nbytes = len(train) * views * trainer.model.clip.vision_model.config.hidden_size * 4
-        return shared_views(trainer, train, views, cache_device(trainer.args, nbytes))
+        return shared_views(trainer, train, views, cache_device(trainer, len(train), views))
 
     def image_keys(self, views: torch.Tensor | None) -> torch.Tensor:
         """Keys of the training images: from all views when held, else from this rank's shard, gathered (keys are
@@ -98,8 +97,7 @@ class TipCacheCallback(TrainerCallback):
         if views is not None:
             return project_keys(trainer.model, views, device)
         views = self.finetuning_args.tip_augment_epoch
-        nbytes = len(train) * views * trainer.model.clip.vision_model.config.hidden_size * 4
-        local = encode_shard(trainer, train, views, cache_device(trainer.args, nbytes))
+        local = encode_shard(trainer, train, views, cache_device(trainer, len(train), views))
         return gather_rows(trainer, project_keys(trainer.model, local, device), len(train), device)
 
     @torch.no_grad()
