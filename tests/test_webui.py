@@ -8,7 +8,7 @@ import time
 
 import psutil
 import pytest
-from conftest import DATA_DIR, TINY_CLIP
+from conftest import DATA_DIR, ROOT, TINY_CLIP
 
 from llamafactory.clip_finetune.webui.locales import CLIP_LOCALES, register_locales
 from llamafactory.clip_finetune.webui.options import (
@@ -117,7 +117,7 @@ def test_messages_follow_the_language(tmp_path):
     "changes, message",
     [
         ({"clip_dataset": ["no_such_data"]}, "dataset `no_such_data` is not in"),
-        ({"clip_eval_dataset": "emoji_captions_test"}, "is a image_to_text dataset, but the task is classification"),
+        ({"clip_eval_dataset": "emoji_captions_test"}, "is a image_to_text dataset, but clip_task is classification"),
         ({"clip_extra_args": '{"learning_rat": 1}'}, "learning_rat.*learning_rate"),
         ({"clip_method": "tip", "clip_tip_search_best": True}, "tip_search_best searches on the validation split"),
     ],
@@ -126,6 +126,17 @@ def test_validation_runs_the_stages_checks_before_launching(tmp_path, changes, m
     args = build_args(form(tmp_path, **changes))
     with pytest.raises(FormError, match=message):
         validate(args, "en")
+
+
+def test_a_dassl_config_form_validates_with_the_merged_arguments(tmp_path, monkeypatch):
+    """Unchanged fields (here the data dir) are not sent with a config: validation reads the merged arguments."""
+    monkeypatch.chdir(ROOT)
+    args = build_args(form(tmp_path, clip_config="vit_b16,examples/clip/dassl/abs.yaml", clip_dataset_dir="data"))
+    assert "dataset_dir" not in args
+    validate(args, "en")
+    wrong = build_args(form(tmp_path, clip_config="vit_b16", clip_dataset_dir="data", clip_task="image_to_text"))
+    with pytest.raises(FormError, match="is a classification dataset, but clip_task is image_to_text"):
+        validate(wrong, "en")
 
 
 def test_an_output_dir_holding_another_run_is_refused(tmp_path):

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ..data.dataset_info import get_dataset_attr, read_dataset_info
+from ..data.dataset_info import get_dataset_attr, get_dataset_attrs, read_dataset_info
 from .locales import CLIP_LOCALES, alert
 
 
@@ -252,18 +252,11 @@ def validate(args: dict[str, Any], lang: str) -> None:
     from ..hparams.parser import check_clip_args
 
     check_output_dir(args, lang)
-    dataset_dir = args["dataset_dir"]
     try:
-        info = read_dataset_info(dataset_dir)
-        for key in ("dataset", "val_dataset", "eval_dataset"):
-            for name in (args.get(key) or "").split(","):
-                if name:
-                    attr = get_dataset_attr(name.strip(), dataset_dir, info)
-                    if attr.task != args["clip_task"]:
-                        raise ValueError(
-                            f"{attr.where} is a {attr.task} dataset, but the task is {args['clip_task']}."
-                        )
-        check_clip_args(dict(args, use_cpu=True))
+        _, data_args, _, finetuning_args = check_clip_args(dict(args, use_cpu=True))  # a Dassl config merged in
+        given = (data_args.dataset, data_args.val_dataset, data_args.eval_dataset)
+        names = [name.strip() for value in given if value for name in value.split(",") if name.strip()]
+        get_dataset_attrs(names, data_args.dataset_dir, finetuning_args.clip_task)
     except (ValueError, TypeError, OSError) as err:
         raise FormError(alert("invalid", lang, err)) from None
 
