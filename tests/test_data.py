@@ -88,14 +88,14 @@ def test_label_outside_class_list_names_the_row(processor, data_copy):
         f.write(json.dumps({"image": f"fm/bag/{name}", "label": 0}) + "\n")
         f.write(json.dumps({"image": f"fm/bag/{name}", "label": 7}) + "\n")
     info = {"t": {"file_name": "t.jsonl", "classnames": ["bag", "coat"]}}
-    with pytest.raises(ValueError, match=r"t.jsonl row 2: label 7 is outside the 2 classes"):
+    with pytest.raises(ValueError, match=r"t.jsonl line 2: label 7 is outside the 2 classes"):
         load(processor, data_copy, info, dataset="t")
 
 
 def test_missing_image_file_names_the_row(processor, data_copy):
     with open(data_copy / "t.csv", "w") as f:
         f.write("image,label\nfm/bag/nope.png,bag\n")
-    with pytest.raises(ValueError, match=r"t.csv row 1: image file `.*nope.png` does not exist"):
+    with pytest.raises(ValueError, match=r"t.csv line 2: image file `.*nope.png` does not exist"):
         load(processor, data_copy, {"t": {"file_name": "t.csv"}}, dataset="t")
 
 

@@ -1,7 +1,12 @@
-"""Retrieval recall against a per-query reference, with several captions per image."""
+"""Retrieval recall and accuracy against per-query references, with several captions per image and with ties."""
+
+import itertools
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from llamafactory.clip_finetune.tasks.ranking import topk_hits
 from llamafactory.clip_finetune.tasks.retrieval import recall_at_k
 
 
@@ -36,3 +41,73 @@ def test_perfect_scores_give_recall_one_and_no_bonus_is_added():
     sims[0, 2] = 2.0  # image 0 prefers a caption of image 1
     metrics = recall_at_k(sims, owner)
     assert abs(metrics["i2t_r1"] - 2 / 3) < 1e-6 and metrics["t2i_r1"] == 3 / 4
+
+
+# --- ties: a random order among tied entries, checked against every tie-breaking order ---------------------------
+
+
+def averaged_over_orders(scores, hit):
+    """Mean of ``hit(order)`` over every order of the entries that sorts by score (each permutation breaks ties)."""
+    n = len(scores)
+    total = 0.0
+    perms = list(itertools.permutations(range(n)))
+    for perm in perms:
+        order = sorted(range(n), key=lambda i: (-scores[i], perm[i]))
+        total += hit(order)
+    return total / len(perms)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 2), min_size=2, max_size=6),
+    st.data(),
+)
+def test_classification_ties_equal_the_average_over_tie_orders(levels, data):
+    label = data.draw(st.integers(0, len(levels) - 1))
+    logits = torch.tensor([levels], dtype=torch.float32)
+    for k in (1, 2, 5):
+        expected = averaged_over_orders(levels, lambda order, k=k: label in order[:k])
+        got = topk_hits(logits, torch.tensor([label]), (k,))[k].item()
+        assert abs(got - expected) < 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 1), min_size=6, max_size=6), st.sampled_from([[0, 0, 1, 1, 2, 2], [0, 0, 0, 1, 2, 2]]))
+def test_recall_ties_equal_the_average_over_tie_orders(levels, owner_list):
+    """3 images, 6 captions, scores with many ties: each query's recall is its mean over every tie order."""
+    owner = torch.tensor(owner_list)
+    sims = torch.tensor([levels, levels[::-1], [levels[i] for i in (1, 3, 5, 0, 2, 4)]], dtype=torch.float32)
+    metrics = recall_at_k(sims, owner, chunk=2)
+    for k in (1, 5):
+        i2t = (
+            sum(
+                averaged_over_orders(sims[i].tolist(), lambda o, i=i, k=k: any(owner_list[j] == i for j in o[:k]))
+                for i in range(3)
+            )
+            / 3
+        )
+        t2i = (
+            sum(
+                averaged_over_orders(sims[:, j].tolist(), lambda o, j=j, k=k: owner_list[j] in o[:k]) for j in range(6)
+            )
+            / 6
+        )
+        assert abs(metrics[f"i2t_r{k}"] - i2t) < 1e-6, k
+        assert abs(metrics[f"t2i_r{k}"] - t2i) < 1e-6, k
+
+
+def test_a_constant_model_scores_chance_not_one():
+    owner = torch.arange(20).repeat_interleave(2)  # 20 images, 2 captions each
+    metrics = recall_at_k(torch.zeros(20, 40), owner)
+    assert abs(metrics["t2i_r1"] - 1 / 20) < 1e-6 and abs(metrics["t2i_r5"] - 5 / 20) < 1e-6
+    # i2t R@1: 2 of the 40 captions are the image's own -> 2/40
+    assert abs(metrics["i2t_r1"] - 2 / 40) < 1e-6
+    hits = topk_hits(torch.zeros(7, 10), torch.arange(7), (1, 5))
+    assert torch.allclose(hits[1], torch.full((7,), 0.1, dtype=torch.float64))
+    assert torch.allclose(hits[5], torch.full((7,), 0.5, dtype=torch.float64))
+
+
+def test_nan_scores_never_count_as_hits():
+    logits = torch.tensor([[float("nan"), 0.0, 0.0], [1.0, float("nan"), 0.0]])
+    hits = topk_hits(logits, torch.tensor([0, 0]), (1,))[1]
+    assert hits.tolist() == [0.0, 0.0]

@@ -131,10 +131,19 @@ def test_validation_runs_the_stages_checks_before_launching(tmp_path, changes, m
 def test_a_dassl_config_form_validates_with_the_merged_arguments(tmp_path, monkeypatch):
     """Unchanged fields (here the data dir) are not sent with a config: validation reads the merged arguments."""
     monkeypatch.chdir(ROOT)
-    args = build_args(form(tmp_path, clip_config="vit_b16,examples/clip/dassl/abs.yaml", clip_dataset_dir="data"))
+    size = '{"image_size": 32}'  # vit_b16's INPUT.SIZE is 224; the tiny checkpoint's 32
+    args = build_args(
+        form(
+            tmp_path, clip_config="vit_b16,examples/clip/dassl/abs.yaml", clip_dataset_dir="data", clip_extra_args=size
+        )
+    )
     assert "dataset_dir" not in args
     validate(args, "en")
-    wrong = build_args(form(tmp_path, clip_config="vit_b16", clip_dataset_dir="data", clip_task="image_to_text"))
+    with pytest.raises(FormError, match="image_size: 224 differs from the 32px"):
+        validate(build_args(form(tmp_path, clip_config="vit_b16", clip_dataset_dir="data")), "en")
+    wrong = build_args(
+        form(tmp_path, clip_config="vit_b16", clip_dataset_dir="data", clip_task="image_to_text", clip_extra_args=size)
+    )
     with pytest.raises(FormError, match="is a classification dataset, but clip_task is image_to_text"):
         validate(wrong, "en")
 

@@ -53,13 +53,24 @@ def _infer_formatting(path: str) -> str:
 
 
 def _read_classnames(value: Any, dataset_dir: str, name: str) -> list[str] | None:
-    if value is None or isinstance(value, list):
-        return value
-    path = os.path.join(dataset_dir, value)
-    if not os.path.isfile(path):
-        raise ValueError(f"dataset `{name}`: classnames file `{path}` does not exist.")
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    if value is None:
+        return None
+    if isinstance(value, list):
+        where, names = "its `classnames` list", value
+    else:
+        path = os.path.join(dataset_dir, value)
+        if not os.path.isfile(path):
+            raise ValueError(f"dataset `{name}`: classnames file `{path}` does not exist.")
+        with open(path, encoding="utf-8") as f:
+            where, names = f"classnames file `{path}`", [line.strip() for line in f if line.strip()]
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ValueError(f"dataset `{name}`: {where} must hold non-empty class names, got {names!r}.")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(
+            f"dataset `{name}`: {where} lists {repeated} more than once; each class once, in label order."
+        )
+    return list(names)
 
 
 def read_dataset_info(dataset_dir: str) -> dict[str, dict[str, Any]]:

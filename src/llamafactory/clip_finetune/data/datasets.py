@@ -6,11 +6,11 @@ import torch
 from torch.utils.data import Dataset
 
 from .readers import CaptionSamples, ClassificationSamples
-from .transforms import decode
 
 
 class ClassificationDataset(Dataset):
     def __init__(self, samples: ClassificationSamples, transform: Any):
+        """``transform(image_reference, origin)``: an ``ImagePipeline`` that decodes and transforms."""
         self.samples = samples
         self.labels = torch.tensor(samples.labels, dtype=torch.long)
         self.transform = transform
@@ -19,8 +19,8 @@ class ClassificationDataset(Dataset):
         return len(self.samples.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image = decode(self.samples.images[index], self.samples.origins[index])
-        return {"pixel_values": self.transform(image), **self.targets(index)}
+        image = self.transform(self.samples.images[index], self.samples.origins[index])
+        return {"pixel_values": image, **self.targets(index)}
 
     def targets(self, index: int) -> dict[str, Any]:
         return {"labels": self.labels[index]}
@@ -61,7 +61,7 @@ class CaptionDataset(Dataset):
         return len(self.samples.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image = self.transform(decode(self.samples.images[index], self.samples.origins[index]))
+        image = self.transform(self.samples.images[index], self.samples.origins[index])
         return {"pixel_values": image, **self.targets(index)}
 
     def targets(self, index: int) -> dict[str, Any]:

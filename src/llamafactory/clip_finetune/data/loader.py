@@ -12,6 +12,7 @@ from ..hparams.data_args import split_names
 from .dataset_info import DatasetAttr, get_dataset_attrs
 from .datasets import CaptionDataset, ClassificationDataset
 from .fewshot import sample_per_class, validation_shots
+from .overlap import describe, shared_images
 from .readers import CaptionSamples, ClassificationSamples, read_samples
 from .templates import COOP_TEMPLATES, resolve_templates
 from .transforms import ImageSpec
@@ -101,11 +102,14 @@ def load_clip_datasets(data_args: Any, task: str, seed: int, image_processor: An
     classnames = None
     if task == "classification":
         classnames = next(iter(samples.values())).classnames
+        first = next(iter(samples))
         for key, part in samples.items():
             if part.classnames != classnames:
                 raise ValueError(
-                    f"The {key} dataset ({splits[key]}) has classes {part.classnames}, but {classnames} came first: "
-                    "train, eval and val datasets must share one class list."
+                    f"The {key} dataset ({splits[key]}) has classes {part.classnames}, but the {first} dataset "
+                    f"({splits[first]}) has {classnames}: train, eval and val datasets must share one class list. "
+                    "When a split lacks some classes (its class list is read from its own labels), give its "
+                    "dataset_info.json entry the full `classnames` (a list or a text file)."
                 )
             _check_classes(part, splits[key], require_all=key == "train")
 
@@ -119,8 +123,34 @@ def load_clip_datasets(data_args: Any, task: str, seed: int, image_processor: An
         shots = data_args.num_shots
         if shots is not None and key in ("train", "val"):
             shots = shots if key == "train" else validation_shots(shots)
+            _warn_short_classes(dataset, shots, key, splits[key])
             dataset = dataset.subset(sample_per_class(dataset.labels, shots, seed))
             logger.info_rank0(f"{key} dataset: {shots} shots per class, {len(dataset)} images.")
         return dataset
 
-    return ClipDatasets(build("train"), build("eval"), build("val"), classnames, templates, spec)
+    built = {key: build(key) for key in splits}
+    for key in ("eval", "val"):
+        if built["train"] is not None and built[key] is not None:
+            _warn_shared_images(built["train"], built[key], key, splits)
+    return ClipDatasets(built["train"], built["eval"], built["val"], classnames, templates, spec)
+
+
+def _warn_short_classes(dataset: ClassificationDataset, shots: int, key: str, names: str) -> None:
+    counts = torch.bincount(dataset.labels, minlength=len(dataset.samples.classnames)).tolist()
+    short = [f"{dataset.samples.classnames[i]} ({n})" for i, n in enumerate(counts) if n < shots]
+    if short:
+        logger.warning_rank0(
+            f"num_shots: {shots} {key} images per class asked for, but {len(short)} class(es) of {names} have "
+            f"fewer and use all they have: {', '.join(short[:10])}{' ...' if len(short) > 10 else ''}."
+        )
+
+
+def _warn_shared_images(train: Any, other: Any, key: str, splits: dict[str, str]) -> None:
+    pairs = shared_images(train.samples.images, other.samples.images)
+    if pairs:
+        first, second = pairs[0]
+        logger.warning_rank0(
+            f"{len(pairs)} of the {len(other)} {key} images ({splits[key]}) are also training images "
+            f"({splits['train']}), byte for byte, e.g. `{describe(second)}` = `{describe(first)}`: "
+            f"{key} results on them are not on unseen images."
+        )

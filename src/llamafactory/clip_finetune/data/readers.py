@@ -5,8 +5,11 @@ keeps its origin (file and row) so that a bad row is named in the error.
 """
 
 import csv
+import errno
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,20 +39,44 @@ class CaptionSamples:
 
 
 def _check_file(path: str, origin: str, attr: DatasetAttr) -> str:
-    if not os.path.isfile(path):
-        raise ValueError(f"{attr.where}, {origin}: image file `{path}` does not exist.")
-    return path
+    if os.path.isfile(path):
+        return path
+    if os.path.isdir(path):
+        why = "is a folder, not an image file"
+    elif os.path.islink(path):
+        try:
+            os.stat(path)
+            why = "is not a regular file"
+        except OSError as err:
+            why = "is a symbolic link loop" if err.errno == errno.ELOOP else "is a broken symbolic link"
+    else:
+        why = "does not exist"
+    raise ValueError(f"{attr.where}, {origin}: image file `{path}` {why}.")
 
 
 def _classname(folder: str) -> str:
     return folder.replace("_", " ")
 
 
+def _folder_classnames(folders: list[str], attr: DatasetAttr) -> list[str]:
+    """Folder names with `_` read as spaces; two folders that give one class name are an error, not a merge."""
+    seen: dict[str, str] = {}
+    for folder in folders:
+        name = _classname(folder)
+        if name in seen:
+            raise ValueError(
+                f"{attr.where}: class folders `{seen[name]}` and `{folder}` in {attr.path} both give the class name "
+                f"`{name}`. Merge or rename them, or give `classnames` in dataset_info.json."
+            )
+        seen[name] = folder
+    return list(seen)
+
+
 def read_imagefolder(attr: DatasetAttr) -> ClassificationSamples:
     folders = sorted(entry.name for entry in os.scandir(attr.path) if entry.is_dir())
     if not folders:
         raise ValueError(f"{attr.where}: `{attr.path}` has no class folders (expected one folder per class).")
-    classnames = attr.classnames or [_classname(folder) for folder in folders]
+    classnames = attr.classnames or _folder_classnames(folders, attr)
     if len(classnames) != len(folders):
         raise ValueError(
             f"{attr.where}: {len(classnames)} classnames for {len(folders)} class folders in {attr.path}."
@@ -68,16 +95,42 @@ def read_imagefolder(attr: DatasetAttr) -> ClassificationSamples:
     return ClassificationSamples(images, labels, classnames, list(images))
 
 
-def _read_rows(path: str) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        if path.endswith((".csv", ".tsv")):
-            return list(csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ","))
-        if path.endswith(".jsonl"):
-            return [json.loads(line) for line in f if line.strip()]
-        rows = json.load(f)
-    if not isinstance(rows, list):
-        raise ValueError(f"`{path}` must hold a JSON list of rows.")
-    return rows
+def _json_row(text: str, where: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=lambda name: float(name))  # NaN/Infinity read, then refused per row
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno}).") from None
+
+
+def _read_rows(path: str) -> tuple[list[Any], list[str]]:
+    """The rows of a table file and where each one is (`file line N`, or `file row N` in a JSON list)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.endswith((".csv", ".tsv")):
+                reader = csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ",")
+                rows, origins = [], []
+                for row in reader:
+                    rows.append(row)
+                    origins.append(f"{path} line {reader.line_num}")
+            elif path.endswith(".jsonl"):
+                numbered = [(i + 1, line) for i, line in enumerate(f) if line.strip()]
+                rows = [_json_row(line, f"{path} line {n}") for n, line in numbered]
+                origins = [f"{path} line {n}" for n, _ in numbered]
+            else:
+                rows = _json_row(f.read(), path)
+                if not isinstance(rows, list):
+                    raise ValueError(f"`{path}` must hold a JSON list of rows, not a {type(rows).__name__}.")
+                origins = [f"{path} row {i + 1}" for i in range(len(rows))]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"`{path}` is not a UTF-8 text table ({err.reason} at byte {err.start}).") from None
+    except csv.Error as err:
+        raise ValueError(f"`{path}`: not a valid CSV/TSV file ({err}).") from None
+    if not rows:
+        raise ValueError(f"`{path}` holds no rows.")
+    for row, origin in zip(rows, origins, strict=True):
+        if not isinstance(row, dict):
+            raise ValueError(f"{origin}: a row must be an object with named columns, got {row!r}.")
+    return rows, origins
 
 
 def _column(row: dict[str, Any], column: str, origin: str, attr: DatasetAttr) -> Any:
@@ -86,34 +139,65 @@ def _column(row: dict[str, Any], column: str, origin: str, attr: DatasetAttr) ->
     return row[column]
 
 
+MISSING = {"nan", "na", "n/a", "null", "none"}  # what spreadsheets and pandas write for an empty cell
+INTEGER = re.compile(r"^-?\d+$")
+NUMBER = re.compile(r"^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _label_value(value: Any, classnames: list[str] | None, origin: str, attr: DatasetAttr) -> int | str:
+    """A row's label as a class index (int) or a class name (str); missing values and fractions are errors."""
+    if isinstance(value, str):
+        text = value.strip()
+        if classnames is not None and text in classnames:
+            return text
+        if text.lower() in MISSING:
+            raise ValueError(
+                f"{attr.where}, {origin}: label `{value}` is a missing value. Fix the row, or list `{text}` in "
+                "`classnames` in dataset_info.json if it is a class."
+            )
+        if INTEGER.match(text):
+            return int(text)
+        if not NUMBER.match(text):
+            return text
+        value = float(text)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{attr.where}, {origin}: label {value!r} is neither a class name nor a class index.")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{attr.where}, {origin}: label is {value} (a missing value); fix the row.")
+        if not value.is_integer():
+            raise ValueError(f"{attr.where}, {origin}: label {value} is not a whole class index.")
+    return int(value)
+
+
 def _label_index(value: Any, classnames: list[str], origin: str, attr: DatasetAttr) -> int:
-    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
-        if value not in classnames:
-            raise ValueError(f"{attr.where}, {origin}: label `{value}` is not one of the classes {classnames}.")
-        return classnames.index(value)
-    index = int(value)
-    if not 0 <= index < len(classnames):
-        raise ValueError(f"{attr.where}, {origin}: label {index} is outside the {len(classnames)} classes.")
-    return index
+    label = _label_value(value, classnames, origin, attr)
+    if isinstance(label, str):
+        if label not in classnames:
+            raise ValueError(f"{attr.where}, {origin}: label `{label}` is not one of the classes {classnames}.")
+        return classnames.index(label)
+    if not 0 <= label < len(classnames):
+        raise ValueError(f"{attr.where}, {origin}: label {label} is outside the {len(classnames)} classes.")
+    return label
 
 
-def _string_classnames(values: list[Any], attr: DatasetAttr) -> list[str]:
-    if all(isinstance(v, str) and not v.strip().lstrip("-").isdigit() for v in values):
-        return sorted(set(values))
+def _string_classnames(values: list[Any], origins: list[str], attr: DatasetAttr) -> list[str]:
+    labels = [_label_value(v, None, o, attr) for v, o in zip(values, origins, strict=True)]
+    if all(isinstance(label, str) for label in labels):
+        return sorted(set(labels))
     raise ValueError(f"{attr.where}: numeric labels need `classnames` (a list or a text file) in dataset_info.json.")
 
 
 def read_table(attr: DatasetAttr) -> Any:
-    rows = _read_rows(attr.path)
+    rows, origins = _read_rows(attr.path)
     base = attr.image_dir or os.path.dirname(attr.path)
-    origins = [f"{attr.path} row {i + 1}" for i in range(len(rows))]
     paths = [
         _check_file(os.path.join(base, str(_column(row, attr.columns["image"], o, attr))), o, attr)
         for row, o in zip(rows, origins, strict=True)
     ]
     if attr.task == "classification":
         raw = [_column(row, attr.columns["label"], o, attr) for row, o in zip(rows, origins, strict=True)]
-        classnames = attr.classnames or _string_classnames(raw, attr)
+        classnames = attr.classnames or _string_classnames(raw, origins, attr)
         labels = [_label_index(value, classnames, o, attr) for value, o in zip(raw, origins, strict=True)]
         return ClassificationSamples(paths, labels, classnames, origins)
     return _group_captions(paths, [_captions(row, o, attr) for row, o in zip(rows, origins, strict=True)], origins)
@@ -208,7 +292,7 @@ def read_hf(attr: DatasetAttr) -> Any:
         raise ValueError(f"{attr.where}: no label column `{label_col}` (columns: {data.column_names}).")
     feature = data.features[label_col]
     raw = data[label_col]
-    classnames: list[str] | None = attr.classnames or getattr(feature, "names", None) or _string_classnames(raw, attr)
+    classnames = attr.classnames or getattr(feature, "names", None) or _string_classnames(raw, origins, attr)
     labels = [_label_index(value, classnames, o, attr) for value, o in zip(raw, origins, strict=True)]
     return ClassificationSamples(images, labels, classnames, origins)
 

@@ -1,10 +1,12 @@
-"""CPU-side image transforms on uint8 tensors; normalization happens on the device (see model/normalize.py)."""
+"""Decoding and CPU-side transforms on uint8 tensors; normalization happens on the device (``ClipTaskModel``)."""
 
+import io
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image, ImageColor, ImageOps
 from torchvision.transforms import InterpolationMode, v2
 
 
@@ -27,6 +29,8 @@ class ImageSpec:
     normalize: bool
     train_transforms: list[str]
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    background: tuple[int, int, int] = (255, 255, 255)
+    exif_transpose: bool = True
 
     @classmethod
     def from_processor(cls, image_processor: Any, data_args: Any) -> "ImageSpec":
@@ -41,9 +45,11 @@ class ImageSpec:
             normalize="normalize" in data_args.train_transforms,
             train_transforms=list(data_args.train_transforms),
             crop_scale=tuple(data_args.crop_scale or (0.08, 1.0)),
+            background=ImageColor.getrgb(data_args.image_background)[:3],
+            exif_transpose=data_args.exif_transpose,
         )
 
-    def train_transform(self) -> v2.Transform:
+    def train_transform(self) -> "ImagePipeline":
         mode = INTERPOLATION[self.interpolation]
         steps: list[v2.Transform] = []
         if "random_resized_crop" in self.train_transforms:
@@ -52,25 +58,68 @@ class ImageSpec:
             steps += [v2.Resize(self.size, interpolation=mode, antialias=True), v2.CenterCrop(self.size)]
         if "random_flip" in self.train_transforms:
             steps.append(v2.RandomHorizontalFlip())
-        return v2.Compose(steps)
+        return ImagePipeline(v2.Compose(steps), self.background, self.exif_transpose)
 
-    def eval_transform(self) -> v2.Transform:
+    def eval_transform(self) -> "ImagePipeline":
         mode = INTERPOLATION[self.interpolation]
-        return v2.Compose([v2.Resize(self.size, interpolation=mode, antialias=True), v2.CenterCrop(self.size)])
+        steps = v2.Compose([v2.Resize(self.size, interpolation=mode, antialias=True), v2.CenterCrop(self.size)])
+        return ImagePipeline(steps, self.background, self.exif_transpose)
 
 
-def decode(image: Any, origin: str) -> torch.Tensor:
-    """A path or a ``{"bytes": ...}`` dict -> uint8 RGB tensor (C, H, W); a clear error names the bad image."""
+class ImagePipeline:
+    """Decode an image reference (``decode``), then apply the uint8 transforms: what a dataset item goes through."""
+
+    def __init__(self, steps: v2.Compose, background: tuple[int, int, int], exif_transpose: bool):
+        self.steps, self.background, self.exif_transpose = steps, background, exif_transpose
+
+    @property
+    def transforms(self) -> list[v2.Transform]:
+        return self.steps.transforms
+
+    def __call__(self, image: Any, origin: str) -> torch.Tensor:
+        return self.steps(decode(image, origin, self.background, self.exif_transpose))
+
+
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grayscale PNG/TIFF open as one of these
+
+
+def to_rgb8(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """8-bit RGB: 16-bit gray scaled (not clipped) to 0..255, transparency composited onto ``background``."""
+    if img.mode in SIXTEEN_BIT:
+        values = np.asarray(img).astype(np.uint32)
+        if values.max(initial=0) > 65535:
+            raise ValueError(f"{img.mode} pixels above 65535 (a 32-bit image); convert it to 8-bit first")
+        img = Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        raise ValueError("a floating-point image; convert it to 8-bit first")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*background, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode(
+    image: Any, origin: str, background: tuple[int, int, int] = (255, 255, 255), exif_transpose: bool = True
+) -> torch.Tensor:
+    """A path or a ``{"bytes"|"path": ...}`` dict -> uint8 RGB tensor (C, H, W); a clear error names the bad image.
+
+    Any format Pillow reads (PNG, JPEG, GIF, WebP, BMP, TIFF, ...): the first frame of an animation, the EXIF
+    orientation applied (unless ``exif_transpose`` is false), 16-bit images scaled to 8 bits, transparent pixels
+    composited onto ``background``."""
     try:
         if isinstance(image, str):
-            data = torch.frombuffer(bytearray(open(image, "rb").read()), dtype=torch.uint8)
+            source: Any = image
         elif isinstance(image, dict) and image.get("bytes") is not None:
-            data = torch.frombuffer(bytearray(image["bytes"]), dtype=torch.uint8)
+            source = io.BytesIO(image["bytes"])
         elif isinstance(image, dict) and image.get("path"):
-            data = torch.frombuffer(bytearray(open(image["path"], "rb").read()), dtype=torch.uint8)
+            source = image["path"]
         else:
             raise ValueError(f"unsupported image reference {type(image).__name__}")
-        return decode_image(data, mode=ImageReadMode.RGB)
+        with Image.open(source) as img:
+            img.seek(0)
+            img = ImageOps.exif_transpose(img) if exif_transpose else img
+            rgb = to_rgb8(img, background)
+        return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
     except Exception as err:
         name = image if isinstance(image, str) else (image.get("path") if isinstance(image, dict) else "")
         raise ValueError(f"Cannot read image {name or ''} ({origin}): {err}") from err

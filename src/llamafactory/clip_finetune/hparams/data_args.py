@@ -1,6 +1,8 @@
 from dataclasses import dataclass, field
 from typing import Literal
 
+from PIL import ImageColor
+
 
 TRANSFORMS = ("random_resized_crop", "random_flip", "center_crop", "normalize")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -41,6 +43,13 @@ class ClipDataArguments:
             "finetuning_type tip: [0.5, 1.0], as Tip-Adapter's paper)."
         },
     )
+    image_background: str = field(
+        default="white",
+        metadata={"help": "Colour transparent pixels are composited onto (a name or #rrggbb, as Pillow reads it)."},
+    )
+    exif_transpose: bool = field(
+        default=True, metadata={"help": "Rotate/flip each image by its EXIF orientation tag, as viewers show it."}
+    )
     max_caption_length: int = field(default=77, metadata={"help": "Captions are truncated to this many tokens."})
     subsample_classes: Literal["all", "base", "new"] = field(
         default="all",
@@ -64,5 +73,11 @@ class ClipDataArguments:
             value = getattr(self, key)
             if value is not None and len(value) != 3:
                 raise ValueError(f"{key} needs 3 values (R, G, B), got {value}.")
+        try:
+            ImageColor.getrgb(self.image_background)
+        except ValueError:
+            raise ValueError(
+                f"image_background: `{self.image_background}` is not a colour; use a name (white) or #rrggbb."
+            ) from None
         if self.templates is not None and any("{}" not in t for t in self.templates):
             raise ValueError(f"templates: every template needs a `{{}}` for the class name, got {self.templates}.")

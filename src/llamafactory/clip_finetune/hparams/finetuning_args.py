@@ -111,6 +111,8 @@ class ClipFinetuningArguments(ClipOptimArguments):
             raise ValueError("tip_fixed_cache holds class labels: use it with clip_task classification.")
         if len(self.tip_search_scale) != 2 or len(self.tip_search_step) != 2 or min(self.tip_search_step) < 1:
             raise ValueError("tip_search_scale and tip_search_step take two values each: [beta, alpha].")
+        if self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be at least 1 (the rank of the update matrices), got {self.lora_rank}.")
         if self.feature_cache_views < 1:
             raise ValueError(f"feature_cache_views must be at least 1, got {self.feature_cache_views}.")
         if self.abs_keep < 1:

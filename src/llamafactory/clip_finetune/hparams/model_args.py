@@ -36,6 +36,10 @@ class ClipModelArguments:
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = field(
         default="sdpa", metadata={"help": "Attention kernel of the CLIP towers."}
     )
+    interpolate_pos_encoding: bool = field(
+        default=False,
+        metadata={"help": "Interpolate the position embeddings, to run at an image_size the checkpoint was not."},
+    )
 
     def __post_init__(self):
         self.model_name_or_path = resolve_backbone(self.model_name_or_path)

@@ -14,11 +14,20 @@ import transformers
 from llamafactory.extras import logging
 from llamafactory.hparams import TrainingArguments
 from transformers import HfArgumentParser
-from transformers.trainer_utils import get_last_checkpoint
 
 from .data_args import ClipDataArguments
 from .finetuning_args import ClipFinetuningArguments
 from .model_args import ClipModelArguments
+from .output_dir import (
+    LENGTH_KEYS,
+    checkpoint_problem,
+    is_bookkeeping,
+    last_complete_checkpoint,
+    lock_output_dir,
+    read_record,
+    record_differences,
+    run_record,
+)
 from .training_defaults import STAGE_DEFAULTS
 
 
@@ -135,32 +144,82 @@ def _check(model_args, data_args, training_args, finetuning_args) -> None:
         raise ValueError(
             f"epoch_lr_schedule supports lr_scheduler_type cosine or constant, not {training_args.lr_scheduler_type}."
         )
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+        if getattr(training_args, key) < 1:
+            raise ValueError(f"{key} must be at least 1, got {getattr(training_args, key)}.")
+    _check_image_size(model_args, data_args)
     if not os.path.isfile(os.path.join(data_args.dataset_dir, "dataset_info.json")):
         raise ValueError(
             f"dataset_dir: `{data_args.dataset_dir}` has no dataset_info.json (relative paths start at {os.getcwd()})."
         )
 
 
-# what LLaMA Board and the CLIP tab write into output_dir before the run starts (besides the arguments' yaml)
-# (and trainer_log.jsonl, which alone, without model files, is the trace of a run that stopped before saving)
-LAUNCHER_FILES = {"running_log.txt", "webui_process.log", "trainer_log.jsonl"}
-
-
-def _detect_checkpoint(training_args) -> None:
-    """Resume from the last checkpoint in output_dir, or refuse to write into another run's folder."""
-    output_dir = training_args.output_dir
-    if not training_args.do_train or training_args.resume_from_checkpoint is not None or not os.path.isdir(output_dir):
+def _check_image_size(model_args, data_args) -> None:
+    """A size the checkpoint was not trained at fails deep inside transformers: say so while parsing."""
+    if data_args.image_size is None or model_args.interpolate_pos_encoding:
         return
-    if training_args.overwrite_output_dir:
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path, cache_dir=model_args.cache_dir, revision=model_args.model_revision
+        )
+    except Exception:  # an unreachable checkpoint is reported, with its own message, when the model loads
         return
-    last_checkpoint = get_last_checkpoint(output_dir)
-    if last_checkpoint is not None:
-        training_args.resume_from_checkpoint = last_checkpoint
-        logger.info_rank0(f"Resuming training from {last_checkpoint} (set overwrite_output_dir: true to start over).")
-    elif any(name not in LAUNCHER_FILES and not name.endswith(".yaml") for name in os.listdir(output_dir)):
+    native = getattr(getattr(config, "vision_config", None), "image_size", None)
+    if native is not None and native != data_args.image_size:
         raise ValueError(
-            f"output_dir: `{output_dir}` already holds files of another run and no checkpoint to resume. "
-            "Choose a new output_dir or set overwrite_output_dir: true."
+            f"image_size: {data_args.image_size} differs from the {native}px that {model_args.model_name_or_path} "
+            f"was trained at. Set image_size: {native} (or remove it; Dassl's INPUT.SIZE sets it too), or set "
+            "interpolate_pos_encoding: true to run at the new size with interpolated position embeddings."
+        )
+
+
+def _check_output_dir(model_args, data_args, training_args, finetuning_args) -> None:
+    """Resume only the same run from its last whole checkpoint; never write into another run's folder."""
+    output_dir = training_args.output_dir
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output_dir: `{output_dir}` is a file, not a folder; choose a folder for the run.")
+    if not os.path.isdir(output_dir) or training_args.overwrite_output_dir:
+        return
+    others = sorted(name for name in os.listdir(output_dir) if not is_bookkeeping(name))
+    fixes = "Choose a new output_dir, or set overwrite_output_dir: true to replace that run."
+    if not training_args.do_train:
+        if others:
+            raise ValueError(
+                f"output_dir: `{output_dir}` already holds a run ({', '.join(others[:5])}); an evaluation would "
+                f"replace its results. {fixes}"
+            )
+        return
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is not None:
+        problem = checkpoint_problem(checkpoint) if os.path.isdir(checkpoint) else "it is not a folder"
+        if problem:
+            raise ValueError(f"resume_from_checkpoint: cannot resume from `{checkpoint}`: {problem}.")
+        if os.path.realpath(os.path.dirname(checkpoint)) != os.path.realpath(output_dir):
+            return  # a checkpoint from elsewhere, named explicitly: its folder's record is not ours to check
+    else:
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            if others:
+                raise ValueError(
+                    f"output_dir: `{output_dir}` already holds files of another run ({', '.join(others[:5])}) and "
+                    f"no complete checkpoint to resume. {fixes}"
+                )
+            return
+    saved, current = read_record(checkpoint), run_record(model_args, data_args, training_args, finetuning_args)
+    length = record_differences(saved, current, LENGTH_KEYS)
+    differences = [d for d in record_differences(saved, current) if d not in length]
+    if differences:
+        raise ValueError(
+            f"output_dir: `{output_dir}` holds a run started with other arguments; resuming it would mix the two "
+            f"({'; '.join(differences)}). {fixes}"
+        )
+    training_args.resume_from_checkpoint = checkpoint
+    logger.info_rank0(f"Resuming training from {checkpoint} (set overwrite_output_dir: true to start over).")
+    if length:
+        logger.warning_rank0(
+            f"The resumed run's length changed ({'; '.join(length)}): its schedule follows the new one."
         )
 
 
@@ -171,12 +230,14 @@ def check_clip_args(args: dict[str, Any] | list[str]) -> ClipArgs:
     _check(model_args, data_args, training_args, finetuning_args)
     if finetuning_args.finetuning_type == "tip" and data_args.crop_scale is None:
         data_args.crop_scale = [0.5, 1.0]  # Tip-Adapter's cache views: random resized crops of 50-100% of the area
-    _detect_checkpoint(training_args)
+    _check_output_dir(model_args, data_args, training_args, finetuning_args)
     return model_args, data_args, training_args, finetuning_args
 
 
 def get_clip_train_args(args: dict[str, Any] | list[str]) -> ClipArgs:
     model_args, data_args, training_args, finetuning_args = check_clip_args(args)
+    if training_args.should_save:  # one process per run writes into output_dir
+        lock_output_dir(training_args.output_dir)
     if training_args.ddp_find_unused_parameters is None:  # only ABS stops gradients of some parameters mid-run
         training_args.ddp_find_unused_parameters = finetuning_args.abs
 

@@ -2,9 +2,13 @@
 
 from typing import Any
 
+from llamafactory.extras import logging
 from torch import nn
 
 from .base import Method, set_trainable, tower_modules
+
+
+logger = logging.get_logger(__name__)
 
 
 def is_selected_bias(name: str, include: Any, exclude: Any) -> bool:
@@ -20,10 +24,15 @@ class BiasMethod(Method):
     name = "bias"
 
     def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
+        """Names are matched in full, as ``clip.named_parameters()`` prints them (``vision_model.encoder...``)."""
         set_trainable(clip, False)
         include, exclude = finetuning_args.bias_terms, finetuning_args.bias_terms_exclude
-        for module in tower_modules(clip, finetuning_args):
-            for name, param in module.named_parameters():
-                param.requires_grad_(is_selected_bias(name, include, exclude))
+        towers = {id(p) for module in tower_modules(clip, finetuning_args) for p in module.parameters()}
+        selected = []
+        for name, param in clip.named_parameters():
+            if id(param) in towers and is_selected_bias(name, include, exclude):
+                param.requires_grad_(True)
+                selected.append(name)
         self.check_trainable(clip, training_args, f"no bias matches bias_terms={include}, exclude={exclude}")
+        logger.info_rank0(f"bias: {len(selected)} bias vectors train: {', '.join(selected)}")
         return clip

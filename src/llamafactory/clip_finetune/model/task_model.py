@@ -16,8 +16,9 @@ class ClipTaskModel(nn.Module):
     the same one in training and evaluation.
     """
 
-    def __init__(self, clip: nn.Module, task: nn.Module, spec: ImageSpec):
+    def __init__(self, clip: nn.Module, task: nn.Module, spec: ImageSpec, interpolate_pos_encoding: bool = False):
         super().__init__()
+        self.interpolate_pos_encoding = interpolate_pos_encoding
         self.clip = clip
         self.task = task
         self.normalize = spec.normalize
@@ -66,7 +67,9 @@ class ClipTaskModel(nn.Module):
 
     def pooled_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The image tower's pooled output (before the projection) from uint8 images."""
-        return self.clip.vision_model(pixel_values=self.pixels(pixel_values)).pooler_output
+        return self.clip.vision_model(
+            pixel_values=self.pixels(pixel_values), interpolate_pos_encoding=self.interpolate_pos_encoding
+        ).pooler_output
 
     def image_features(self, pixel_values: torch.Tensor | None, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalized projected image features, from uint8 images or from cached pooled outputs."""

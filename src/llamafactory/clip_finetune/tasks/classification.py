@@ -1,4 +1,5 @@
-"""Image classification: cosine logits against class-prompt text features, cross-entropy, top-1/top-5."""
+"""Image classification: cosine logits against class-prompt text features, cross-entropy, top-1/top-5 (ties count
+as a random order: see ``ranking``)."""
 
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -6,6 +7,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .ranking import topk_hits
 
 
 class ClassificationTask(nn.Module):
@@ -65,17 +68,10 @@ class ClassificationTask(nn.Module):
         if self.text_trainable:
             self.class_features = self.encode_classes(model).float()
         weights = self.class_features
-        k = min(5, len(self.classnames))
-        top1, topk = [], []
+        hits: dict[int, list[torch.Tensor]] = {1: [], 5: []}
         for batch in batches:
             image = model.image_features(batch["pixel_values"]).float()
-            logits = self.logits(model, image, weights)
-            ranked = logits.topk(k, dim=-1).indices
-            labels = batch["labels"]
-            hits1, hitsk = gather(((ranked[:, 0] == labels), (ranked == labels[:, None]).any(dim=-1)))
-            top1.append(hits1)
-            topk.append(hitsk)
-        return {
-            "accuracy": torch.cat(top1).float().mean().item(),
-            "top5_accuracy": torch.cat(topk).float().mean().item(),
-        }
+            found = topk_hits(self.logits(model, image, weights), batch["labels"], tuple(hits))
+            for k, value in zip(hits, gather(tuple(found.values())), strict=True):
+                hits[k].append(value)
+        return {"accuracy": torch.cat(hits[1]).mean().item(), "top5_accuracy": torch.cat(hits[5]).mean().item()}

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ranking import hit_probability, ranks_against
+
 
 RECALL_AT = (1, 5, 10)
 
@@ -15,23 +17,30 @@ def recall_at_k(sims: torch.Tensor, caption_image: torch.Tensor, chunk: int = 10
     """Standard retrieval recall from an [images, captions] similarity matrix.
 
     Image->text: a query image is a hit at K if any of its captions ranks in the top K.
-    Text->image: a caption is a hit at K if its image ranks in the top K. Scores are used as they are.
+    Text->image: a caption is a hit at K if its image ranks in the top K. Scores are used as they are; ties with
+    wrong entries count as a random order (``ranking.hit_probability``), so a constant model scores chance.
     """
     n_images, n_captions = sims.shape
     owner = caption_image.to(sims.device)
-    i2t_rank, t2i_rank = [], []
+    i2t = {k: [] for k in RECALL_AT}
+    t2i = {k: [] for k in RECALL_AT}
     for start in range(0, n_images, chunk):
         block = sims[start : start + chunk]
         mine = owner[None, :] == torch.arange(start, start + len(block), device=sims.device)[:, None]
         best = block.masked_fill(~mine, float("-inf")).max(dim=1, keepdim=True).values
-        i2t_rank.append((block > best).sum(dim=1))
+        ahead, tied = ranks_against(block, best, ~mine)
+        own = ((block == best) & mine).sum(-1).clamp(min=1)
+        for k in RECALL_AT:
+            i2t[k].append(hit_probability(ahead, tied, own, k))
     for start in range(0, n_captions, chunk):
         block = sims[:, start : start + chunk].t()
-        correct = block.gather(1, owner[start : start + chunk, None])
-        t2i_rank.append((block > correct).sum(dim=1))
-    i2t, t2i = torch.cat(i2t_rank), torch.cat(t2i_rank)
-    metrics = {f"i2t_r{k}": (i2t < k).float().mean().item() for k in RECALL_AT}
-    metrics.update({f"t2i_r{k}": (t2i < k).float().mean().item() for k in RECALL_AT})
+        index = owner[start : start + chunk, None]
+        wrong = torch.ones_like(block, dtype=torch.bool).scatter_(1, index, False)
+        ahead, tied = ranks_against(block, block.gather(1, index), wrong)
+        for k in RECALL_AT:
+            t2i[k].append(hit_probability(ahead, tied, 1, k))
+    metrics = {f"i2t_r{k}": torch.cat(v).mean().item() for k, v in i2t.items()}
+    metrics.update({f"t2i_r{k}": torch.cat(v).mean().item() for k, v in t2i.items()})
     return metrics
 
 

@@ -12,8 +12,10 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.datasets import CachedViewsDataset, collated
+from ..hparams.output_dir import RUN_RECORD, write_json_atomic
 from .feature_cache import cache_image_views
 from .schedule import epoch_lr_scheduler
 
@@ -23,13 +25,22 @@ logger = logging.get_logger(__name__)
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_ADAPTER = "adapter_model.safetensors"
+OPTIM_LOGGED = ("lr", "betas", "eps", "weight_decay", "momentum", "dampening", "nesterov", "alpha")
 
 
 class ClipTrainer(Trainer):
     """``self.model`` is a ``ClipTaskModel``; what gets saved is its ``clip`` (loadable by ``CLIPModel``)."""
 
-    def __init__(self, *args: Any, optim_args: Any = None, feature_cache_views: int | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        optim_args: Any = None,
+        feature_cache_views: int | None = None,
+        run_record: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
         self.optim_args = optim_args
+        self.run_record = run_record
         super().__init__(*args, **kwargs)
         self.model.task.setup(self.model)
         if feature_cache_views and self.train_dataset is not None:
@@ -60,20 +71,24 @@ class ClipTrainer(Trainer):
         if name is None or self.optimizer is not None:
             return super().create_optimizer()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        lr, decay, o = self.args.learning_rate, self.args.weight_decay, self.optim_args
+        lr, decay, o, eps = self.args.learning_rate, self.args.weight_decay, self.optim_args, self.args.adam_epsilon
         betas = (self.args.adam_beta1, self.args.adam_beta2)
         if name == "sgd":
             self.optimizer = torch.optim.SGD(
                 params, lr, momentum=o.momentum, weight_decay=decay, dampening=o.sgd_dampening, nesterov=o.sgd_nesterov
             )
-        elif name == "adam":
-            self.optimizer = torch.optim.Adam(params, lr, betas=betas, weight_decay=decay)
-        elif name == "adamw":
-            self.optimizer = torch.optim.AdamW(params, lr, betas=betas, weight_decay=decay)
+        elif name in ("adam", "adamw"):
+            kind = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+            self.optimizer = kind(params, lr, betas=betas, eps=eps, weight_decay=decay)
         else:
             self.optimizer = torch.optim.RMSprop(
-                params, lr, momentum=o.momentum, weight_decay=decay, alpha=o.rmsprop_alpha
+                params, lr, momentum=o.momentum, weight_decay=decay, alpha=o.rmsprop_alpha, eps=eps
             )
+        logger.info_rank0(
+            f"clip_optim: {type(self.optimizer).__name__}("
+            + ", ".join(f"{k}={v}" for k, v in self.optimizer.defaults.items() if k in OPTIM_LOGGED)
+            + ")"
+        )
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
@@ -100,6 +115,17 @@ class ClipTrainer(Trainer):
             return super()._clip_grad_norm(model)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """The run's arguments go into the checkpoint first; the Trainer writes trainer_state.json last, so a
+        checkpoint with every file whole (``hparams.output_dir.checkpoint_problem``) was written to the end."""
+        if self.run_record is not None and self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            os.makedirs(folder, exist_ok=True)
+            write_json_atomic(os.path.join(folder, RUN_RECORD), self.run_record)
+        super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         output_dir = output_dir or self.args.output_dir

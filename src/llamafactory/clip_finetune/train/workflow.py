@@ -8,6 +8,7 @@ from llamafactory.extras.ploting import plot_loss
 from llamafactory.train.callbacks import LogCallback
 
 from ..data import load_clip_datasets
+from ..hparams.output_dir import run_record
 from ..hparams.parser import get_clip_train_args
 from ..methods import get_method
 from ..methods.abs import abs_callback
@@ -58,7 +59,8 @@ def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: l
     callbacks = list(callbacks or [])
     if finetuning_args.abs and training_args.do_train:
         callbacks.append(abs_callback(clip, finetuning_args, training_args))
-    model = ClipTaskModel(clip, build_task(finetuning_args, datasets, processor.tokenizer, clip), datasets.spec)
+    task = build_task(finetuning_args, datasets, processor.tokenizer, clip)
+    model = ClipTaskModel(clip, task, datasets.spec, model_args.interpolate_pos_encoding)
     log_trainable(model)
 
     trainer = ClipTrainer(
@@ -70,6 +72,7 @@ def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: l
         callbacks=callbacks,
         optim_args=finetuning_args,
         feature_cache_views=feature_cache_views(clip, finetuning_args, training_args),
+        run_record=run_record(model_args, data_args, training_args, finetuning_args),
     )
 
     if finetuning_args.finetuning_type == "tip":

@@ -233,12 +233,12 @@ def _read_yaml(path: str, lang: str) -> Any:
 def check_output_dir(args: dict[str, Any], lang: str) -> None:
     """An output dir that holds another run's files is refused; the same arguments again (a resume) are not, and
     neither is a dir with only the traces of a launch that stopped before saving anything."""
-    from ..hparams.parser import LAUNCHER_FILES
+    from ..hparams.output_dir import is_bookkeeping
 
     output_dir = args["output_dir"]
     if not os.path.isdir(output_dir):
         return
-    if all(name in LAUNCHER_FILES or name == ARGS_FILE for name in os.listdir(output_dir)):
+    if all(is_bookkeeping(name) for name in os.listdir(output_dir)):
         return
     saved = os.path.join(output_dir, ARGS_FILE)
     if os.path.isfile(saved) and _read_yaml(saved, lang) == args:

@@ -59,17 +59,26 @@ def affinity_powers(affinity: torch.Tensor, beta: torch.Tensor):
             yield current
 
 
-def _alpha_bounds(d_logit, d_cache, others, ties_win: bool):
-    """Where ``d_logit + alpha * d_cache`` stays on the winning side against every ``others`` entry (last dim):
-    alpha above ``low``, below ``high``; ``flat`` is False where an entry with no cache difference already beats it
-    (or ties it, unless ``ties_win``) whatever alpha is."""
+def _alpha_bounds(d_logit, d_cache, others):
+    """Where ``d_logit + alpha * d_cache`` is strictly positive against every ``others`` entry (last dim): alpha
+    above ``low`` and below ``high``. Entries with no cache difference do not depend on alpha: ``flat`` is False
+    where one of them is ahead whatever alpha is, and ``tied`` counts those that tie whatever alpha is (identical
+    captions or prompts, or constant scores), which share the first place as in ``ranking.hit_probability``."""
     bound = -d_logit / d_cache
     inf = torch.full_like(bound, float("inf"))
     low = torch.where((d_cache > 0) & others, bound, -inf).amax(-1)
     high = torch.where((d_cache < 0) & others, bound, inf).amin(-1)
-    losing = d_logit < 0 if ties_win else d_logit <= 0
-    flat = ((d_cache == 0) & others & losing).any(-1).logical_not()
-    return low, high, flat
+    level = (d_cache == 0) & others
+    flat = (level & (d_logit < 0)).any(-1).logical_not()
+    tied = (level & (d_logit == 0)).sum(-1)
+    return low, high, flat, tied
+
+
+def _first_place(d_logit, d_cache, others, alphas) -> torch.Tensor:
+    """[..., alphas]: the top-1 credit of the true entry at each alpha, 1 / (1 + ties) inside its interval."""
+    low, high, flat, tied = _alpha_bounds(d_logit, d_cache, others)
+    inside = flat[..., None] & (alphas > low[..., None]) & (alphas < high[..., None])
+    return inside / (1.0 + tied[..., None])
 
 
 def _keep_best(best: tuple, scores: torch.Tensor, alphas: torch.Tensor, beta: torch.Tensor) -> tuple:
@@ -96,7 +105,8 @@ def search_alpha_beta(
     For one beta and one image, logits are L + alpha * C, linear in alpha, so the image is classified correctly for
     alpha in an open interval: above -dL/dC for every class whose cache score is lower than the true class's, below
     it for every class whose score is higher (dL, dC: true class minus other class). Computing that interval per
-    image turns the alpha axis into comparisons instead of argmaxes over [alphas x images x classes].
+    image turns the alpha axis into comparisons instead of argmaxes over [alphas x images x classes]. Ties that hold
+    for every alpha count as in evaluation (``ranking.hit_probability``); a tie at one exact alpha does not.
     """
     rows = torch.arange(len(labels), device=affinity.device)
     d_logit = clip_logits[rows, labels][:, None] - clip_logits  # [n, c]
@@ -109,9 +119,8 @@ def search_alpha_beta(
         beta = betas[start : start + chunk].to(affinity)
         cache = torch.stack([powers @ values for powers in affinity_powers(affinity, beta)])  # [b, n, c]
         d_cache = cache[:, rows, labels][..., None] - cache  # [b, n, c]
-        low, high, flat_ok = _alpha_bounds(d_logit, d_cache, others, ties_win=False)  # [b, n]
-        correct = flat_ok[..., None] & (alphas > low[..., None]) & (alphas < high[..., None])  # [b, n, a]
-        best = _keep_best(best, correct.float().mean(1), alphas, beta)
+        correct = _first_place(d_logit, d_cache, others, alphas)  # [b, n, a]
+        best = _keep_best(best, correct.mean(1), alphas, beta)
     accuracy, alpha, beta = best
     return alpha, beta, accuracy
 
@@ -131,9 +140,10 @@ def search_alpha_beta_i2t(
 
     ``image_text``: f T^T [images, captions]; ``value_text``: V T^T [keys, captions]. The query f + alpha A V scores
     caption t as f t + alpha (A V) t (its normalization does not change an image's ranking), linear in alpha as in
-    classification. Each own caption j of image i ranks first (ties count, as in ``recall_at_k``) for alpha in a
-    closed interval bounded by every other image's captions; the image is a hit if any own caption's interval holds
-    alpha. Captions are processed in blocks of at most ``budget`` elements per beta chunk.
+    classification. Each own caption j of image i ranks first for alpha in an open interval bounded by every other
+    image's captions, sharing the place with captions identical to it (as ``recall_at_k`` counts ties); the image
+    scores its best own caption's credit. Captions are processed in blocks of at most ``budget`` elements per beta
+    chunk.
     """
     device = affinity.device
     owner = caption_image.to(device)
@@ -151,10 +161,9 @@ def search_alpha_beta_i2t(
             others = owner[None, :] != image[:, None]  # [j, k]: captions of other images
             d_logit = image_text[image, mine][:, None] - image_text[image]  # [j, k]
             d_cache = cache[:, image, mine][..., None] - cache[:, image]  # [b, j, k]
-            low, high, flat_ok = _alpha_bounds(d_logit, d_cache, others, ties_win=True)  # [b, j]
-            top = flat_ok[..., None] & (alphas >= low[..., None]) & (alphas <= high[..., None])  # [b, j, a]
-            hits.index_add_(1, image, top.float())
-        best = _keep_best(best, (hits > 0).float().mean(1), alphas, beta)  # recall [b, a]
+            top = _first_place(d_logit, d_cache, others, alphas)  # [b, j, a]
+            hits.scatter_reduce_(1, image[None, :, None].expand_as(top), top.to(hits.dtype), "amax")
+        best = _keep_best(best, hits.mean(1), alphas, beta)  # recall [b, a]
     recall, alpha, beta = best
     return alpha, beta, recall
 

@@ -1,0 +1,206 @@
+"""An output_dir holds one run: what it was started with, which checkpoints are whole, and who writes into it.
+
+Each checkpoint holds ``clip_run.json``: the arguments that decide what the run trains, written before anything
+else in it; a rerun resumes a checkpoint only when they match. A checkpoint counts only when every file in it is
+whole (a job killed mid-write leaves a truncated ``model.safetensors``, ``optimizer.pt`` or
+``trainer_state.json``). A lock held for the life of the process keeps a second run out; the kernel releases it
+when the process dies, so a crashed run never leaves it stuck.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import struct
+import tempfile
+import zipfile
+from typing import Any
+
+from llamafactory.extras import logging
+
+
+logger = logging.get_logger(__name__)
+
+RUN_RECORD = "clip_run.json"
+LOCK_FILE = ".clip_run.lock"
+# what LLaMA Board and the CLIP tab write into output_dir before the run starts (besides the arguments' yaml), and
+# trainer_log.jsonl, which alone, without model files, is the trace of a run that stopped before saving
+LAUNCHER_FILES = {"running_log.txt", "webui_process.log", "trainer_log.jsonl"}
+# the stage's own bookkeeping: its lock files and the temporary files of its atomic writes (``*.tmp``)
+OWN_FILES = re.compile(r"^(\.clip_run\.lock|\.tip_cache\.lock|.*\.tmp)$")
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+# Trainer keys that change what a run computes; the stage's own dataclasses count in full, minus these
+TRAINING_KEYS = (
+    "learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "optim",
+    "optim_args",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_ratio",
+    "warmup_steps",
+    "seed",
+    "data_seed",
+    "bf16",
+    "fp16",
+)
+IGNORED_KEYS = {"cache_dir", "attn_implementation", "plot_loss", "export_merged"}
+# a resume may lengthen (or shorten) the run, as with any HF Trainer run; the change is logged
+LENGTH_KEYS = ("num_train_epochs", "max_steps")
+
+
+def is_bookkeeping(name: str) -> bool:
+    """Files that do not make a folder another run's: launcher traces, argument yamls, the stage's locks/temps."""
+    return name in LAUNCHER_FILES or name.endswith(".yaml") or bool(OWN_FILES.match(name))
+
+
+def run_record(model_args, data_args, training_args, finetuning_args) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for obj in (model_args, data_args, finetuning_args):
+        for f in dataclasses.fields(obj):
+            if f.init and f.name not in IGNORED_KEYS:
+                record[f.name] = getattr(obj, f.name)
+    for key in TRAINING_KEYS + LENGTH_KEYS:
+        value = getattr(training_args, key, None)
+        record[key] = value.value if hasattr(value, "value") else value  # enums (optim, scheduler) as strings
+    return json.loads(json.dumps(record, default=str))  # what a JSON round trip gives, for comparison
+
+
+def record_differences(saved: dict[str, Any], current: dict[str, Any], keys=None) -> list[str]:
+    keys = sorted(set(saved) | set(current)) if keys is None else keys
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+
+
+def write_json_atomic(path: str, value: Any) -> None:
+    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_record(checkpoint: str) -> dict[str, Any]:
+    """The record of a checkpoint that ``checkpoint_problem`` found whole."""
+    with open(os.path.join(checkpoint, RUN_RECORD), encoding="utf-8") as f:
+        return json.load(f)
+
+
+# ---- checkpoints: whole or not --------------------------------------------------------------------------------
+
+
+def _safetensors_problem(path: str) -> str | None:
+    """The header says how long the data is; a truncated file is shorter."""
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length)) if 8 + length <= size else None
+    except (struct.error, ValueError, UnicodeDecodeError):
+        return "its header is unreadable"
+    if header is None:
+        return "it is truncated"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    return None if size >= 8 + length + end else f"it is truncated ({size} of {8 + length + end} bytes)"
+
+
+def _file_problem(path: str) -> str | None:
+    name = os.path.basename(path)
+    if os.path.getsize(path) == 0:
+        return "it is empty"
+    if name.endswith(".safetensors"):
+        return _safetensors_problem(path)
+    if name.endswith((".pt", ".pth", ".bin")):  # torch.save writes a zip; a cut one has no central directory
+        try:
+            with zipfile.ZipFile(path):
+                return None
+        except (zipfile.BadZipFile, OSError):
+            return "it is truncated (not a complete torch.save file)"
+    if name.endswith(".json"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                json.load(f)
+        except (OSError, ValueError):
+            return "it is not complete JSON"
+    return None
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """Why ``path`` cannot be resumed from (None when it is whole)."""
+    names = set(os.listdir(path))
+    if "trainer_state.json" not in names:
+        return "it has no trainer_state.json"
+    if RUN_RECORD not in names:
+        return f"it has no {RUN_RECORD} (the arguments it was trained with)"
+    if not names & {"model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors"}:
+        return "it has no model.safetensors or adapter_model.safetensors"
+    if "model.safetensors.index.json" in names:
+        with open(os.path.join(path, "model.safetensors.index.json"), encoding="utf-8") as f:
+            try:
+                shards = set(json.load(f)["weight_map"].values())
+            except (ValueError, KeyError):
+                return "model.safetensors.index.json is not complete JSON"
+        if shards - names:
+            return f"shards {sorted(shards - names)} are missing"
+    for name in sorted(names):
+        full = os.path.join(path, name)
+        problem = _file_problem(full) if os.path.isfile(full) and not OWN_FILES.match(name) else None
+        if problem:
+            return f"{name}: {problem}"
+    return None
+
+
+def checkpoints(output_dir: str) -> list[str]:
+    """``checkpoint-N`` folders, newest (largest N) first."""
+    found = [
+        (int(m.group(1)), e.path) for e in os.scandir(output_dir) if e.is_dir() and (m := CHECKPOINT.match(e.name))
+    ]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest whole checkpoint; each newer incomplete one is named in a warning."""
+    for path in checkpoints(output_dir):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning_rank0(f"Skipping incomplete checkpoint {path} ({problem}); it was cut off mid-write.")
+    return None
+
+
+# ---- one run at a time --------------------------------------------------------------------------------------
+
+_held: dict[str, Any] = {}  # output_dir -> open lock file, kept for the life of the process
+
+
+def lock_output_dir(output_dir: str) -> None:
+    """Take the folder's lock (non-blocking) or stop: another run is writing into it. Released at process exit."""
+    import fcntl
+
+    key = os.path.realpath(output_dir)
+    if key in _held:
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    handle = open(os.path.join(output_dir, LOCK_FILE), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip()
+        handle.close()
+        raise ValueError(
+            f"output_dir: another run is writing into `{output_dir}` ({owner or 'a process that holds its lock'}). "
+            "Wait for it to finish, or choose another output_dir."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+    handle.flush()
+    _held[key] = handle
