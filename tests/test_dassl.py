@@ -37,8 +37,23 @@ BASE = {
     "warmup_cons_lr": 1e-5,
     "logging_steps": 1,
     "model_name_or_path": "openai/clip-vit-base-patch16",
-    "weight_decay": 5e-4,  # Dassl's default for SGD when OPTIM.WEIGHT_DECAY is absent
-    "momentum": 0.9,  # likewise
+    # Dassl's defaults for the OPTIM, INPUT and MODEL keys the file leaves out
+    "weight_decay": 5e-4,
+    "momentum": 0.9,
+    "sgd_dampening": 0.0,
+    "sgd_nesterov": False,
+    "rmsprop_alpha": 0.99,
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "warmup_min_lr": 1e-5,
+    "warmup_recount": True,
+    "crop_scale": [0.08, 1.0],
+    # xtune's ABS defaults (its Dassl copy): MODEL is a section of the file
+    "abs": False,
+    "abs_top": True,
+    "abs_group": False,
+    "abs_group_name": ["k_proj", "v_proj", "q_proj", "out_proj", "layrnorm", "mlp"],
+    "abs_keep": 5,
 }
 
 
@@ -77,6 +92,8 @@ def test_method_sections_translate():
         "tip_search_best": True,
         "tip_fixed_cache": False,
         "tip_new_dataset": False,
+        "tip_search_scale": [12.0, 5.0],  # xtune's defaults for the keys the file leaves out
+        "tip_search_step": [200, 20],
     }
     bias = translate_files(str(ROOT / "examples/clip/dassl/bias.yaml")).values
     assert bias == {
@@ -134,8 +151,9 @@ def test_other_common_dassl_keys_translate():
         ({"INPUT": {"SIZE": "(224, 192)"}}, r"INPUT.SIZE must be a square size"),
         ({"INPUT": {"RRCROP_SCALE": "(0.5,)"}}, r"INPUT.RRCROP_SCALE must be an area range"),
         ({"OPTIM": {"NAME": "lamb"}}, r"OPTIM.NAME: `lamb` is not one of sgd, adam, adamw, rmsprop"),
-        ({"OPTIM": {"LR_SCHEDULER": "single_step"}}, r"`single_step` is not supported"),
-        ({"MODEL": {"BACKBONE": {"NAME": "RN50"}}}, r"MODEL.BACKBONE.NAME: .*ResNet CLIP"),
+        ({"OPTIM": {"LR_SCHEDULER": "multi_step"}}, r"`multi_step` is not supported"),
+        ({"OPTIM": {"STAGED_LR": True}}, r"staged learning rates .* are not supported"),
+        ({"TRAINER": {"TIP": {"alpha": 1.0}, "VPT": {"DEEP": True}}}, r"one file describes one method"),
         ({"TRAIN": {"CHECKPOINT_FREQ": 5}}, r"saving every 5 epochs"),
         ({"TRAINER": {"TIP": {"NEW": "yes"}}}, r"TRAINER.TIP.NEW must be True or False"),
         ({"TRAINER": {"VPT": {"DEPTH": 3}}}, r"unknown key TRAINER.VPT.DEPTH \(did you mean TRAINER.VPT.DEEP\?\)"),

@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in translation.values.items():
         line = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()[1:-1]
         print(f"{line}  # {translation.source[key]}")
+    for key, why in translation.blocked.items():
+        print(f"# {key}: not set. {why}")
+    for key, why in translation.unused.items():
+        print(f"# not used: {key}: {why}")
     return 0
 
 

@@ -58,15 +58,21 @@ def _argv_tokens(key: str, value: Any) -> list[str]:
     return [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
 
 
+def _clip_config_method(given: dict[str, Any]) -> str | None:
+    value = given.get("finetuning_type")
+    return None if value is None else str(value)
+
+
 def with_clip_config(args: dict[str, Any] | list[str]) -> dict[str, Any] | list[str]:
-    """Merge a Dassl-style ``clip_config`` under the keys given explicitly (they win); log where each came from."""
+    """Merge a Dassl-style ``clip_config`` under the keys given explicitly (they win); log where each came from,
+    and every key of the files that does not affect this run, with the reason."""
     from ..dassl import translate_files
 
     if isinstance(args, dict):
         if "clip_config" not in args:
             return args
         given = {k: v for k, v in args.items() if k != "clip_config"}
-        translation = translate_files(args["clip_config"])
+        translation = translate_files(args["clip_config"], _clip_config_method(given))
         merged = {**translation.values, **given}
     else:
         args = list(args)
@@ -79,8 +85,12 @@ def with_clip_config(args: dict[str, Any] | list[str]) -> dict[str, Any] | list[
         path = args[i].split("=", 1)[1] if "=" in args[i] else args[i + 1]
         rest = args[:i] + args[i + (1 if "=" in args[i] else 2) :]
         given = {item.split("=")[0].lstrip("-"): None for item in rest if item.startswith("--")}
-        translation = translate_files(path)
+        if "finetuning_type" in given:
+            at = rest.index("--finetuning_type") if "--finetuning_type" in rest else -1
+            given["finetuning_type"] = rest[at + 1] if 0 <= at < len(rest) - 1 else None
+        translation = translate_files(path, _clip_config_method(given))
         merged = [tok for k, v in translation.values.items() if k not in given for tok in _argv_tokens(k, v)] + rest
+    translation.check_blocked(given)
     for key, value in translation.values.items():
         origin = translation.source[key]
         if key in given:
@@ -88,6 +98,8 @@ def with_clip_config(args: dict[str, Any] | list[str]) -> dict[str, Any] | list[
             logger.info_rank0(f"clip_config: {key}{final} (yaml/command line; overrides {origin} = {value!r})")
         else:
             logger.info_rank0(f"clip_config: {key} = {value!r} (from {origin})")
+    for key, why in translation.unused.items():
+        logger.info_rank0(f"clip_config: {key} not used by this run: {why}.")
     return merged
 
 
