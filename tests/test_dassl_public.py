@@ -10,6 +10,7 @@ import yaml
 from conftest import DATA_DIR, TINY_CLIP
 
 from llamafactory.clip_finetune.dassl import DasslConfigError, translate_files
+from llamafactory.clip_finetune.dassl.__main__ import main
 from llamafactory.clip_finetune.hparams.parser import check_clip_args
 
 
@@ -137,15 +138,21 @@ def write(tmp_path, name, config):
 
 
 @pytest.mark.parametrize("name", list(XTUNE) + list(COOP) + list(RESNET))
-def test_public_files_translate_and_print(tmp_path, name):
+def test_public_files_translate_and_print(tmp_path, name, capsys):
     path = write(tmp_path, name, {**XTUNE, **COOP, **RESNET}[name])
     translate_files(path)
+    assert main([path]) == 0  # `python -m llamafactory.clip_finetune.dassl` (run as a command below)
+    loaded = yaml.safe_load(capsys.readouterr().out)  # the comments stay comments
+    assert loaded["stage"] == "clip"
+
+
+def test_the_print_command_runs_as_a_module(tmp_path):
+    path = write(tmp_path, "tip", XTUNE["vit_b16_tip"])
     out = subprocess.run(
         [sys.executable, "-m", "llamafactory.clip_finetune.dassl", path], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    loaded = yaml.safe_load(out.stdout)  # the comments stay comments
-    assert loaded["stage"] == "clip"
+    assert "# not used: TRAINER.COOP.CTX_INIT" in out.stdout and "tip_alpha: 3.0" in out.stdout
 
 
 def test_xtune_tip_file_values_and_what_is_not_used(tmp_path):

@@ -360,3 +360,61 @@ def test_benchmark_tip_shared_reports_dataset_one_against_its_own_cache():
     assert result["tip_shared_slots_for_first"] == 12  # 160 of 400 images: 1 + 2 slots for each of the 4 classes
     for key in ("tip_zero_shot_accuracy", "tip_own_cache_accuracy", "tip_shared_after_three_accuracy"):
         assert 0.25 < result[key] <= 1.0  # above chance on 4 classes
+
+
+def test_search_counts_ties_as_the_evaluation_does():
+    """Classes 2 and 3 share class 1's prompt and have no cache keys: they tie with class 1 for every alpha. The
+    search's accuracy at each cell must be the evaluation's tie-aware accuracy (a third of a hit), not a full hit."""
+    from llamafactory.clip_finetune.tasks.ranking import topk_hits
+
+    torch.manual_seed(2)
+    f = F.normalize(torch.randn(40, 8), dim=-1)
+    prompts = F.normalize(torch.randn(2, 8), dim=-1)
+    clip_logits = 10 * f @ prompts[[0, 1, 1, 1]].t()
+    keys = F.normalize(torch.randn(12, 8), dim=-1)
+    values = F.one_hot(torch.arange(12) % 2, 4).float()  # keys of classes 0 and 1 only
+    labels = torch.randint(0, 2, (40,))
+    betas, alphas = tip_search_grid([7, 3], [9, 5])
+    alpha, beta, accuracy = search_alpha_beta(clip_logits, f @ keys.t(), values, labels, betas, alphas, chunk=4)
+    grid = max(
+        (
+            topk_hits(clip_logits + a * torch.exp(-b * (1 - f @ keys.t())) @ values, labels, (1,))[1].mean().item(),
+            -i,
+            -j,
+            a.item(),
+            b.item(),
+        )
+        for i, b in enumerate(betas)
+        for j, a in enumerate(alphas)
+    )
+    assert accuracy == pytest.approx(grid[0]) and alpha == pytest.approx(grid[3]) and beta == pytest.approx(grid[4])
+    assert accuracy < 1.0
+
+
+def test_image_to_text_search_counts_duplicate_captions_as_the_evaluation_does():
+    from llamafactory.clip_finetune.methods.tip.cache import search_alpha_beta_i2t
+    from llamafactory.clip_finetune.tasks.retrieval import recall_at_k
+
+    g = torch.Generator().manual_seed(5)
+    f = F.normalize(torch.randn(12, 8, generator=g), dim=-1)
+    caption_image = torch.arange(12).repeat_interleave(2)
+    texts = F.normalize(f[caption_image] + 0.8 * torch.randn(24, 8, generator=g), dim=-1)
+    texts[3] = texts[0]  # image 1's second caption is the same text as image 0's first
+    keys = F.normalize(f[:6] + 0.5 * torch.randn(6, 8, generator=g), dim=-1)
+    values = F.normalize(texts[0:12:2] + 0.3 * torch.randn(6, 8, generator=g), dim=-1)
+    betas, alphas = tip_search_grid([7, 3], [9, 5])
+    alpha, beta, recall = search_alpha_beta_i2t(
+        f @ texts.t(), f @ keys.t(), values @ texts.t(), caption_image, betas, alphas, chunk=4
+    )
+    grid = max(
+        (
+            recall_at_k(ImageToTextQuery(keys, values, a.item(), b.item())(f) @ texts.t(), caption_image)["i2t_r1"],
+            -i,
+            -j,
+            a.item(),
+            b.item(),
+        )
+        for i, b in enumerate(betas)
+        for j, a in enumerate(alphas)
+    )
+    assert recall == pytest.approx(grid[0]) and alpha == pytest.approx(grid[3]) and beta == pytest.approx(grid[4])
