@@ -1,5 +1,12 @@
-"""Torch datasets that yield uint8 images (normalized later, on the device) with labels or caption tokens."""
+"""Torch datasets that yield uint8 images (normalized later, on the device) with labels or caption tokens.
 
+Random augmentation is a function of (seed, epoch, image index): each item draws from its own generator state, not
+from the process's. So a run resumed mid-epoch, whatever the loader prefetched before the kill, sees the same
+augmented images as the uninterrupted run, and so do runs with another number of loader workers or ranks.
+"""
+
+import contextlib
+import hashlib
 from typing import Any
 
 import torch
@@ -8,24 +15,54 @@ from torch.utils.data import Dataset
 from .readers import CaptionSamples, ClassificationSamples
 
 
-class ClassificationDataset(Dataset):
-    def __init__(self, samples: ClassificationSamples, transform: Any):
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class EpochSeeded:
+    """``seed`` and ``epoch`` decide an item's random draws; the Trainer's epoch reaches ``set_epoch`` through
+    ``EpochCallback``, and passes over the same images (the feature cache's views) give ``epoch`` explicitly."""
+
+    seed = 0
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @contextlib.contextmanager
+    def seeded(self, index: int, epoch: int | None = None):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed(self.seed, self.epoch if epoch is None else epoch, index))
+            yield
+
+    def generator(self, indices: torch.Tensor, device: torch.device) -> torch.Generator:
+        """One generator for a batch drawn at once (cached views), seeded by its indices and the epoch."""
+        key = hashlib.blake2b(indices.cpu().numpy().tobytes(), digest_size=8).hexdigest()
+        seed = item_seed(self.seed, self.epoch, int(key, 16) % 2**62)
+        return torch.Generator(device=device).manual_seed(seed)
+
+
+class ClassificationDataset(EpochSeeded, Dataset):
+    def __init__(self, samples: ClassificationSamples, transform: Any, seed: int = 0):
         """``transform(image_reference, origin)``: an ``ImagePipeline`` that decodes and transforms."""
         self.samples = samples
         self.labels = torch.tensor(samples.labels, dtype=torch.long)
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.samples.images)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image = self.transform(self.samples.images[index], self.samples.origins[index])
-        return {"pixel_values": image, **self.targets(index)}
+    def __getitem__(self, index: int, epoch: int | None = None) -> dict[str, Any]:
+        with self.seeded(index, epoch):
+            image = self.transform(self.samples.images[index], self.samples.origins[index])
+            return {"pixel_values": image, **self.targets(index)}
 
     def targets(self, index: int) -> dict[str, Any]:
         return {"labels": self.labels[index]}
 
-    def batch_targets(self, indices: torch.Tensor) -> dict[str, Any]:
+    def batch_targets(self, indices: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, Any]:
         return {"labels": self.labels[indices]}
 
     def subset(self, indices: torch.Tensor) -> "ClassificationDataset":
@@ -34,18 +71,21 @@ class ClassificationDataset(Dataset):
         samples = ClassificationSamples(
             [s.images[i] for i in picked], [s.labels[i] for i in picked], s.classnames, [s.origins[i] for i in picked]
         )
-        return ClassificationDataset(samples, self.transform)
+        return ClassificationDataset(samples, self.transform, self.seed)
 
 
-class CaptionDataset(Dataset):
+class CaptionDataset(EpochSeeded, Dataset):
     """Images with their captions, tokenized once.
 
     Training items pair an image with one of its captions, drawn at random each time. Evaluation items are the
     images alone; ``input_ids``/``attention_mask`` hold every caption and ``caption_image`` says whose it is.
     """
 
-    def __init__(self, samples: CaptionSamples, transform: Any, tokenizer: Any, max_length: int, train: bool):
+    def __init__(
+        self, samples: CaptionSamples, transform: Any, tokenizer: Any, max_length: int, train: bool, seed: int = 0
+    ):
         self.samples = samples
+        self.seed = seed
         self.transform = transform
         self.train = train
         flat = [caption for captions in samples.captions for caption in captions]
@@ -60,9 +100,10 @@ class CaptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples.images)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image = self.transform(self.samples.images[index], self.samples.origins[index])
-        return {"pixel_values": image, **self.targets(index)}
+    def __getitem__(self, index: int, epoch: int | None = None) -> dict[str, Any]:
+        with self.seeded(index, epoch):
+            image = self.transform(self.samples.images[index], self.samples.origins[index])
+            return {"pixel_values": image, **self.targets(index)}
 
     def targets(self, index: int) -> dict[str, Any]:
         if not self.train:
@@ -70,10 +111,11 @@ class CaptionDataset(Dataset):
         pick = self.caption_start[index] + torch.randint(int(self.caption_count[index]), ()).item()
         return {"input_ids": self.input_ids[pick], "attention_mask": self.attention_mask[pick]}
 
-    def batch_targets(self, indices: torch.Tensor) -> dict[str, Any]:
+    def batch_targets(self, indices: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, Any]:
         if not self.train:
             return {}
-        pick = self.caption_start[indices] + (torch.rand(len(indices)) * self.caption_count[indices]).long()
+        draw = torch.rand(len(indices), generator=generator, device=generator.device if generator else None).cpu()
+        pick = self.caption_start[indices] + (draw * self.caption_count[indices]).long()
         return {"input_ids": self.input_ids[pick], "attention_mask": self.attention_mask[pick]}
 
 
@@ -86,21 +128,39 @@ class CachedViewsDataset(Dataset):
 
     def __init__(self, features: torch.Tensor, source: Any):
         self.features = features
+        self.source = source
         self.targets = source.targets
-        self.batch_targets = source.batch_targets
 
     def __len__(self) -> int:
         return self.features.shape[0]
 
+    def set_epoch(self, epoch: int) -> None:
+        self.source.set_epoch(epoch)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        view = torch.randint(self.features.shape[1], ()).item()
-        return {"pooled": self.features[index, view], **self.targets(index)}
+        return {key: value[0] for key, value in self.__getitems__([index]).items()}
 
     def __getitems__(self, indices: list[int]) -> dict[str, Any]:
         index, device = torch.as_tensor(indices), self.features.device
-        views = torch.randint(self.features.shape[1], (len(index),), device=device)
+        generator = self.source.generator(index, device)
+        views = torch.randint(self.features.shape[1], (len(index),), device=device, generator=generator)
         # the gather runs where the features live (the GPU when they fit there)
-        return {"pooled": self.features[index.to(device), views], **self.batch_targets(index)}
+        return {"pooled": self.features[index.to(device), views], **self.source.batch_targets(index, generator)}
+
+
+class ViewsDataset(Dataset):
+    """``views`` augmented passes over ``dataset`` as one dataset: item k is image k % n in pass k // n, the pass
+    number standing in for the epoch, so that the passes differ and each is reproducible."""
+
+    def __init__(self, dataset: Any, indices: list[int], views: int):
+        self.dataset, self.indices, self.views = dataset, indices, views
+
+    def __len__(self) -> int:
+        return len(self.indices) * self.views
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        view, i = divmod(k, len(self.indices))
+        return self.dataset.__getitem__(self.indices[i], epoch=view)
 
 
 def collated(batch: dict[str, Any]) -> dict[str, Any]:

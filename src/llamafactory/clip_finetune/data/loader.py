@@ -118,8 +118,10 @@ def load_clip_datasets(data_args: Any, task: str, seed: int, image_processor: An
             return None
         transform = spec.train_transform() if key == "train" else spec.eval_transform()
         if isinstance(samples[key], CaptionSamples):
-            return CaptionDataset(samples[key], transform, tokenizer, data_args.max_caption_length, key == "train")
-        dataset = ClassificationDataset(samples[key], transform)
+            return CaptionDataset(
+                samples[key], transform, tokenizer, data_args.max_caption_length, key == "train", seed
+            )
+        dataset = ClassificationDataset(samples[key], transform, seed)
         shots = data_args.num_shots
         if shots is not None and key in ("train", "val"):
             shots = shots if key == "train" else validation_shots(shots)

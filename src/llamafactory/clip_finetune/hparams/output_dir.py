@@ -132,9 +132,12 @@ def _file_problem(path: str) -> str | None:
     return None
 
 
-def checkpoint_problem(path: str) -> str | None:
-    """Why ``path`` cannot be resumed from (None when it is whole)."""
+def checkpoint_problem(path: str, required: tuple[str, ...] = ()) -> str | None:
+    """Why ``path`` cannot be resumed from (None when it is whole); ``required``: the method's state files."""
     names = set(os.listdir(path))
+    missing = [name for name in required if name not in names]
+    if missing:
+        return f"it has no {', '.join(missing)} (the method's state)"
     if "trainer_state.json" not in names:
         return "it has no trainer_state.json"
     if RUN_RECORD not in names:
@@ -165,10 +168,10 @@ def checkpoints(output_dir: str) -> list[str]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
-def last_complete_checkpoint(output_dir: str) -> str | None:
+def last_complete_checkpoint(output_dir: str, required: tuple[str, ...] = ()) -> str | None:
     """The newest whole checkpoint; each newer incomplete one is named in a warning."""
     for path in checkpoints(output_dir):
-        problem = checkpoint_problem(path)
+        problem = checkpoint_problem(path, required)
         if problem is None:
             return path
         logger.warning_rank0(f"Skipping incomplete checkpoint {path} ({problem}); it was cut off mid-write.")

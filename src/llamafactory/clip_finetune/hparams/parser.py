@@ -203,15 +203,18 @@ def _check_output_dir(model_args, data_args, training_args, finetuning_args) -> 
                 f"replace its results. {fixes}"
             )
         return
+    from ..methods import checkpoint_files
+
+    required = checkpoint_files(finetuning_args)
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is not None:
-        problem = checkpoint_problem(checkpoint) if os.path.isdir(checkpoint) else "it is not a folder"
+        problem = checkpoint_problem(checkpoint, required) if os.path.isdir(checkpoint) else "it is not a folder"
         if problem:
             raise ValueError(f"resume_from_checkpoint: cannot resume from `{checkpoint}`: {problem}.")
         if os.path.realpath(os.path.dirname(checkpoint)) != os.path.realpath(output_dir):
             return  # a checkpoint from elsewhere, named explicitly: its folder's record is not ours to check
     else:
-        checkpoint = last_complete_checkpoint(output_dir)
+        checkpoint = last_complete_checkpoint(output_dir, required)
         if checkpoint is None:
             if others:
                 raise ValueError(

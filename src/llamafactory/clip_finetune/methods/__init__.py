@@ -24,4 +24,12 @@ def get_method(finetuning_type: str):
     return METHODS[finetuning_type]()
 
 
-__all__ = ["METHODS", "get_method"]
+def checkpoint_files(finetuning_args) -> tuple[str, ...]:
+    """What a checkpoint of this run must hold besides the Trainer's files: the method's state, ABS's selection."""
+    from .abs import SELECTION_FILE
+
+    files = get_method(finetuning_args.finetuning_type).checkpoint_files(finetuning_args)
+    return files + ((SELECTION_FILE,) if finetuning_args.abs else ())
+
+
+__all__ = ["METHODS", "checkpoint_files", "get_method"]

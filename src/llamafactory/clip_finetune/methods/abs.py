@@ -20,6 +20,7 @@ from llamafactory.extras import logging
 from torch import nn
 from transformers import TrainerCallback
 
+from ..hparams.output_dir import write_json_atomic
 from .base import log_trainable
 
 
@@ -100,12 +101,11 @@ class AbsCallback(TrainerCallback):
         if self.kept is None and state.global_step == self.select_step:
             self.select(args, state, model, optimizer)
 
-    def on_save(self, args, state, control, **kwargs):
-        if self.kept is not None and state.is_world_process_zero:
-            checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            if os.path.isdir(checkpoint):
-                with open(os.path.join(checkpoint, SELECTION_FILE), "w", encoding="utf-8") as f:
-                    json.dump({"kept": sorted(self.kept)}, f)
+    def write_checkpoint(self, folder: str) -> None:
+        """Part of every checkpoint (``ClipTrainer``): the kept units, or null before the selection."""
+        write_json_atomic(
+            os.path.join(folder, SELECTION_FILE), {"kept": None if self.kept is None else sorted(self.kept)}
+        )
 
     @torch.no_grad()
     def select(self, args, state, model: nn.Module, optimizer) -> None:
@@ -154,8 +154,7 @@ class AbsCallback(TrainerCallback):
             ],
         }
         os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, SELECTION_FILE), "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
+        write_json_atomic(os.path.join(output_dir, SELECTION_FILE), record)
         per_group = {name: sum(1 for u in kept if names[self.groups[u]] == name) for name in names}
         logger.info_rank0(f"abs: kept {len(kept)} of {len(self.units)} units at step {step} {per_group}.")
 
@@ -187,8 +186,17 @@ def abs_callback(clip: nn.Module, finetuning_args: Any, training_args: Any) -> A
 
 
 def load_selection(checkpoint: str | None) -> list[str] | None:
-    path = os.path.join(checkpoint, SELECTION_FILE) if checkpoint else None
-    if path is None or not os.path.isfile(path):
+    """The units kept in ``checkpoint`` (None: saved before the selection, or no checkpoint)."""
+    if checkpoint is None:
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)["kept"]
+    path = os.path.join(checkpoint, SELECTION_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            kept = json.load(f)["kept"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"resume_from_checkpoint: {path} is missing or damaged ({err}); an ABS checkpoint needs its selection."
+        ) from None
+    if kept is not None and not (isinstance(kept, list) and all(isinstance(u, str) for u in kept)):
+        raise ValueError(f"resume_from_checkpoint: {path} does not hold a list of kept units.")
+    return kept

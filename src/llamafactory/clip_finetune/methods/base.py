@@ -42,6 +42,10 @@ class Method:
     def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
         raise NotImplementedError
 
+    def checkpoint_files(self, finetuning_args: Any) -> tuple[str, ...]:
+        """Files of the method's own state that every checkpoint of it must hold to be resumed."""
+        return ()
+
     @staticmethod
     def check_trainable(clip: nn.Module, training_args: Any, why: str = "both towers are frozen") -> None:
         if training_args.do_train and not any(p.requires_grad for p in clip.parameters()):

@@ -5,9 +5,9 @@ import time
 
 import torch
 from llamafactory.extras import logging
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
-from ..data.datasets import CachedViewsDataset
+from ..data.datasets import CachedViewsDataset, ViewsDataset
 
 
 logger = logging.get_logger(__name__)
@@ -35,33 +35,30 @@ def cache_device(trainer, images: int, views: int) -> torch.device:
 
 
 @torch.no_grad()
-def compute_views(trainer, dataset, views: int, store: torch.device) -> torch.Tensor:
-    """``views`` passes over ``dataset`` with its random training transforms, in eval mode; [images, views, width]
-    pooled outputs of the image tower, float32 on ``store``."""
+def compute_views(trainer, dataset, indices: list[int], views: int, store: torch.device) -> torch.Tensor:
+    """``views`` passes over ``dataset[indices]`` with its random training transforms (pass v draws as epoch v
+    would), in eval mode, all passes in one loader; [images, views, width] pooled outputs of the image tower,
+    float32 on ``store``."""
     model, args = trainer.model, trainer.args
     width = model.clip.vision_model.config.hidden_size
-    if len(dataset) == 0:
+    if len(indices) == 0:
         return torch.zeros(0, views, width, device=store)
     was_training = model.training
     model.eval()
     loader = DataLoader(
-        dataset,
+        ViewsDataset(dataset, indices, views),
         batch_size=args.per_device_eval_batch_size,
         num_workers=args.dataloader_num_workers,
-        persistent_workers=args.dataloader_num_workers > 0,  # one worker start for all the views
         collate_fn=trainer.data_collator,
         pin_memory=args.dataloader_pin_memory and args.device.type == "cuda",
     )
-    passes = []
-    for _ in range(views):
-        features = []
-        for batch in loader:
-            with trainer.autocast_smart_context_manager():
-                pixels = batch["pixel_values"].to(args.device, non_blocking=True)
-                features.append(model.pooled_image(pixels).float().to(store))
-        passes.append(torch.cat(features))
+    features = []
+    for batch in loader:
+        with trainer.autocast_smart_context_manager():
+            pixels = batch["pixel_values"].to(args.device, non_blocking=True)
+            features.append(model.pooled_image(pixels).float().to(store))
     model.train(was_training)
-    return torch.stack(passes, dim=1)
+    return torch.cat(features).view(views, len(indices), width).transpose(0, 1).contiguous()
 
 
 def shard(total: int, rank: int, world: int) -> range:
@@ -93,7 +90,7 @@ def encode_shard(trainer, dataset, views: int, store: torch.device) -> torch.Ten
     """``compute_views`` over this rank's ``shard`` of ``dataset`` only."""
     mine = shard(len(dataset), trainer.args.process_index, trainer.accelerator.num_processes)
     start = time.perf_counter()
-    local = compute_views(trainer, Subset(dataset, list(mine)), views, store)
+    local = compute_views(trainer, dataset, list(mine), views, store)
     logger.info(
         f"feature cache: rank {trainer.args.process_index} encoded its {len(mine)} of {len(dataset)} training images "
         f"x {views} augmented views in {time.perf_counter() - start:.1f}s."

@@ -116,15 +116,27 @@ class ClipTrainer(Trainer):
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
 
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
+        """The HF Trainer runs one more step when it resumes from a checkpoint at the run's last step (mid-epoch);
+        such a resume has nothing left to train."""
+        if self.state.global_step >= self.state.max_steps > 0:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        """The run's arguments go into the checkpoint first; the Trainer writes trainer_state.json last, so a
-        checkpoint with every file whole (``hparams.output_dir.checkpoint_problem``) was written to the end."""
-        if self.run_record is not None and self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
+        """The run's arguments and the method's state (callbacks with ``write_checkpoint(folder)``: Tip-F's keys,
+        ABS's selection) go into the checkpoint first; the Trainer writes trainer_state.json last, so a checkpoint
+        with every file whole (``hparams.output_dir.checkpoint_problem``) was written to the end."""
+        if self.args.should_save:
+            step = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = os.path.join(self._get_output_dir(trial=trial), step)
             os.makedirs(folder, exist_ok=True)
-            write_json_atomic(os.path.join(folder, RUN_RECORD), self.run_record)
+            if self.run_record is not None:
+                write_json_atomic(os.path.join(folder, RUN_RECORD), self.run_record)
+            for callback in self.callback_handler.callbacks:
+                if hasattr(callback, "write_checkpoint"):
+                    callback.write_checkpoint(folder)
         super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:

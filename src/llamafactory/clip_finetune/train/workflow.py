@@ -1,5 +1,6 @@
 """Wire the clip stage: arguments -> model -> data -> method -> Trainer -> train / evaluate / save."""
 
+import json
 import os
 from typing import Any
 
@@ -16,6 +17,7 @@ from ..methods.base import log_trainable
 from ..methods.tip import run as tip
 from ..model import ClipTaskModel, load_clip
 from ..tasks import ClassificationTask, ImageToTextTask
+from .callbacks import EpochCallback, FiniteLossCallback
 from .feature_cache import image_tower_frozen
 from .trainer import ClipTrainer
 
@@ -56,7 +58,7 @@ def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: l
     )
     method = get_method(finetuning_args.finetuning_type)
     clip = method.prepare(clip, finetuning_args, training_args)
-    callbacks = list(callbacks or [])
+    callbacks = [FiniteLossCallback(), EpochCallback(), *(callbacks or [])]
     if finetuning_args.abs and training_args.do_train:
         callbacks.append(abs_callback(clip, finetuning_args, training_args))
     task = build_task(finetuning_args, datasets, processor.tokenizer, clip)
@@ -78,7 +80,7 @@ def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: l
     if finetuning_args.finetuning_type == "tip":
         run_tip(trainer, datasets, model_args, data_args, training_args, finetuning_args)
     elif training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        result = train(trainer, training_args.resume_from_checkpoint)
         trainer.save_model()
         if finetuning_args.export_merged and trainer.is_world_process_zero():
             export_merged(model.clip, processor, os.path.join(training_args.output_dir, "merged"))
@@ -96,6 +98,19 @@ def run_clip(model_args, data_args, training_args, finetuning_args, callbacks: l
         trainer.save_metrics("eval", metrics)
 
 
+def train(trainer, checkpoint: str | None):
+    """``trainer.train``; a resume from the run's last checkpoint trains no step and reports no train loss."""
+    start = None
+    if checkpoint is not None:
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+            start = json.load(f)["global_step"]
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.state.global_step == start:
+        result.metrics.pop("train_loss", None)
+        logger.warning_rank0(f"{checkpoint} is the run's last step: nothing left to train.")
+    return result
+
+
 def run_tip(trainer, datasets, model_args, data_args, training_args, finetuning_args) -> None:
     """Training-free: build (or reload) the cache, optionally search alpha/beta. Tip-F: then learn the keys."""
     if not training_args.do_train:
@@ -105,7 +120,7 @@ def run_tip(trainer, datasets, model_args, data_args, training_args, finetuning_
     cache.build()
     metrics = {}
     if finetuning_args.tip_finetune:
-        metrics.update(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint).metrics)
+        metrics.update(train(trainer, training_args.resume_from_checkpoint).metrics)
         trainer.save_state()
     if finetuning_args.tip_search_best:
         metrics.update(tip.search(trainer, datasets, data_args, finetuning_args))

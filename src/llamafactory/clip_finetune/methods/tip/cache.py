@@ -168,17 +168,31 @@ def search_alpha_beta_i2t(
     return alpha, beta, recall
 
 
+_held: dict[str, Any] = {}  # directory -> [lock file, depth]: the lock is re-entrant within a process
+
+
 @contextmanager
 def locked(directory: str):
-    """An exclusive lock on ``directory`` while two runs may write the same cache."""
+    """An exclusive lock on ``directory`` while two runs may read or write the same cache. Re-entrant, so that a
+    read-modify-write holds it from the read to the write while the reader and the writer take it too."""
     import fcntl
 
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, ".tip_cache.lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    key = os.path.realpath(directory)
+    if key in _held:
+        _held[key][1] += 1
         try:
             yield
         finally:
+            _held[key][1] -= 1
+        return
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, ".tip_cache.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _held[key] = [handle, 1]
+        try:
+            yield
+        finally:
+            del _held[key]
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -199,9 +213,12 @@ def read_tensors(directory: str, name: str) -> tuple[dict[str, torch.Tensor], di
     if not os.path.isfile(path):
         return None
     with locked(directory):
-        with safe_open(path, framework="pt") as f:
-            found = json.loads((f.metadata() or {}).get("tip", "{}"))
-        return load_file(path), found
+        try:
+            with safe_open(path, framework="pt") as f:
+                found = json.loads((f.metadata() or {}).get("tip", "{}"))
+            return load_file(path), found
+        except Exception as err:  # safetensors' own error types, or a header that is not JSON
+            raise ValueError(f"{path} is damaged ({err}). Delete it to rebuild.") from None
 
 
 def header_mismatch(found: dict[str, Any], header: dict[str, Any]) -> str:
@@ -209,6 +226,35 @@ def header_mismatch(found: dict[str, Any], header: dict[str, Any]) -> str:
     return "; ".join(
         f"{k}: cache has {found.get(k)!r}, this run {v!r}" for k, v in header.items() if found.get(k) != v
     )
+
+
+def check_tensors(path: str, tensors: dict[str, torch.Tensor], expected: dict[str, tuple]) -> None:
+    """Every tensor a cache file must hold, with its shape (None: any size), float/integer kind and finite values;
+    a damaged or crafted file stops the run naming the file and what is wrong."""
+    problems = []
+    for name, shape in expected.items():
+        tensor = tensors.get(name)
+        if tensor is None:
+            problems.append(f"`{name}` is missing")
+            continue
+        if tensor.dim() != len(shape) or any(
+            want is not None and got != want for got, want in zip(tensor.shape, shape, strict=True)
+        ):
+            want = "[" + ", ".join("N" if w is None else str(w) for w in shape) + "]"
+            problems.append(f"`{name}` has shape {list(tensor.shape)}, this run needs {want}")
+        elif tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            problems.append(f"`{name}` holds NaN or infinite values")
+    sizes = {tensors[n].shape[0] for n, shape in expected.items() if n in tensors and shape and shape[0] is None}
+    if len(sizes) > 1:
+        problems.append(f"its tensors disagree on the number of entries ({sorted(sizes)})")
+    if problems:
+        raise ValueError(f"{path} is damaged or not a cache of this run: {'; '.join(problems)}. Delete it to rebuild.")
+
+
+def cache_shapes(header: dict[str, Any]) -> dict[str, tuple]:
+    """keys [N, dim]; values one-hot over the classes [N, classes], or caption features [N, dim] (image_to_text)."""
+    dim, classes = header["feature_dim"], len(header.get("classnames") or [])
+    return {"keys": (None, dim), "values": (None, classes or dim)}
 
 
 def save_cache(cache: TipCache, directory: str, header: dict[str, Any]) -> str:
@@ -223,9 +269,11 @@ def load_cache(directory: str, header: dict[str, Any]) -> dict[str, torch.Tensor
         return None
     tensors, found = saved
     details = header_mismatch(found, header)
+    path = os.path.join(directory, CACHE_FILE)
     if details:
         raise ValueError(
-            f"tip_load_cache: {os.path.join(directory, CACHE_FILE)} was built from something else ({details}). "
+            f"tip_load_cache: {path} was built from something else ({details}). "
             "Use another tip_cache_dir, or set tip_load_cache: false to rebuild it."
         )
+    check_tensors(path, tensors, cache_shapes(header))
     return tensors

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import broadcast_object_list
 from llamafactory.extras import logging
-from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from ...data.datasets import CachedViewsDataset
@@ -16,7 +16,10 @@ from .cache import (
     CACHE_FILE,
     TipCache,
     build_keys,
+    check_tensors,
     load_cache,
+    locked,
+    read_tensors,
     save_cache,
     search_alpha_beta,
     search_alpha_beta_i2t,
@@ -102,19 +105,29 @@ class TipCacheCallback(TrainerCallback):
 
     @torch.no_grad()
     def shared_keys_values(self, views, directory: str, dim: int):
-        """The shared fixed-size cache: optionally add this dataset, then keep only this dataset's slots."""
+        """The shared fixed-size cache: optionally add this dataset, then keep only this dataset's slots.
+
+        Rank 0 reads, updates and writes the file under one lock (two runs adding datasets at once each add theirs,
+        in the order they take the lock) and hands the result to the other ranks, so every rank holds the same
+        slots even when another run changes the file meanwhile."""
         trainer, datasets, f = self.trainer, self.datasets, self.finetuning_args
         header = {"checkpoint": self.model_args.model_name_or_path, "feature_dim": dim}
-        size = f.tip_cache_size
-        shared = SharedCache.load(directory, size, header) or SharedCache(size, dim)
-        name = self.data_args.dataset
-        if f.tip_new_dataset:
-            shared.add(name, datasets.classnames, self.image_keys(views).cpu(), datasets.train.labels)
-            trainer.accelerator.wait_for_everyone()  # every rank has read the file before rank 0 rewrites it
-            if trainer.is_world_process_zero():
-                shared.save(directory, header)
-            logger.info_rank0(f"tip: added `{name}` to the shared cache ({size} slots, {len(shared.names)} labels).")
-        keys, values = shared.restricted(name, datasets.classnames)
+        size, name = f.tip_cache_size, self.data_args.dataset
+        features = self.image_keys(views).cpu() if f.tip_new_dataset else None  # a collective: every rank
+        result = [None]
+        if trainer.is_world_process_zero():
+            with locked(directory):
+                shared = SharedCache.load(directory, size, header) or SharedCache(size, dim)
+                if f.tip_new_dataset:
+                    shared.add(name, datasets.classnames, features, datasets.train.labels)
+                    shared.save(directory, header)
+                    logger.info_rank0(
+                        f"tip: added `{name}` to the shared cache ({size} slots, {len(shared.names)} labels)."
+                    )
+            result = [shared.restricted(name, datasets.classnames)]
+        if trainer.accelerator.num_processes > 1:
+            result = broadcast_object_list(result)
+        keys, values = result[0]
         logger.info_rank0(f"tip: {len(keys)} of the {size} shared slots hold `{name}`'s classes.")
         return keys, values
 
@@ -154,16 +167,23 @@ class TipCacheCallback(TrainerCallback):
             logger.info_rank0(f"tip: cache saved to {path}.")
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        """Resuming Tip-F: the checkpoint's learned keys, checked against this run's cache, replace the built ones."""
         checkpoint = args.resume_from_checkpoint
-        if checkpoint and os.path.isfile(os.path.join(checkpoint, CACHE_FILE)):
-            with torch.no_grad():
-                model.cache.keys.copy_(load_file(os.path.join(checkpoint, CACHE_FILE))["keys"].to(model.cache.keys))
-            logger.info_rank0(f"tip: learned keys restored from {checkpoint}.")
+        if not checkpoint:
+            return
+        path = os.path.join(checkpoint, CACHE_FILE)
+        saved = read_tensors(checkpoint, CACHE_FILE)
+        if saved is None:
+            raise ValueError(f"resume_from_checkpoint: {checkpoint} holds no {CACHE_FILE} (Tip-F's learned keys).")
+        cache = model.cache
+        check_tensors(path, saved[0], {"keys": tuple(cache.keys.shape), "values": tuple(cache.values.shape)})
+        with torch.no_grad():
+            cache.keys.copy_(saved[0]["keys"].to(cache.keys))
+        logger.info_rank0(f"tip: learned keys restored from {checkpoint}.")
 
-    def on_save(self, args, state, control, model=None, **kwargs):
-        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if state.is_world_process_zero and os.path.isdir(checkpoint):
-            save_cache(model.cache, checkpoint, self.header)
+    def write_checkpoint(self, folder: str) -> None:
+        """Part of every Tip-F checkpoint, written before the Trainer's own files (``ClipTrainer``)."""
+        save_cache(self.trainer.model.cache, folder, self.header)
 
 
 def image_identity(image) -> str:

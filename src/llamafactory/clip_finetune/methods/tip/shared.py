@@ -13,7 +13,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .cache import header_mismatch, read_tensors, write_tensors
+from .cache import check_tensors, header_mismatch, read_tensors, write_tensors
 
 
 SHARED_FILE = "tip_shared_cache.safetensors"
@@ -111,10 +111,23 @@ class SharedCache:
             return None
         tensors, found = saved
         details = header_mismatch(found, header)
-        if details or len(tensors["keys"]) != size:
+        if details or "keys" in tensors and len(tensors["keys"]) != size:
             path = os.path.join(directory, SHARED_FILE)
             raise ValueError(f"tip_fixed_cache: {path} does not fit this run ({details or 'another tip_cache_size'}).")
-        cache = cls(size, tensors["keys"].shape[1])
-        cache.keys, cache.counts, cache.labels = tensors["keys"], tensors["counts"], tensors["labels"]
-        cache.names = found["names"]
+        path = os.path.join(directory, SHARED_FILE)
+        check_tensors(path, tensors, {"keys": (size, header["feature_dim"]), "counts": (size,), "labels": (size,)})
+        names = found.get("names")
+        labels = tensors["labels"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{path} is damaged: its header has no list of label names. Delete it to rebuild.")
+        if (
+            labels.is_floating_point()
+            or labels.min() < -1
+            or labels.max() >= len(names)
+            or (tensors["counts"] < 0).any()
+        ):
+            raise ValueError(f"{path} is damaged: slot labels or counts out of range. Delete it to rebuild.")
+        cache = cls(size, header["feature_dim"])
+        cache.keys, cache.counts, cache.labels = tensors["keys"], tensors["counts"], labels.long()
+        cache.names = names
         return cache
