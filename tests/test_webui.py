@@ -24,6 +24,12 @@ from llamafactory.clip_finetune.webui.options import (
 from llamafactory.clip_finetune.webui.runner import ClipRunner, stop_process_tree
 
 
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """The tab writes into LLaMA Board's folders under the working directory: keep them out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 def form(tmp_path, **changes):
     values = dict(
         DEFAULTS,
@@ -94,9 +100,16 @@ def test_form_details_precision_shots_extra_and_dassl_config(tmp_path):
         ({"clip_learning_rate": "abc"}, "Learning rate must be a number, got `abc`."),
         ({"clip_learning_rate": "-1e-3"}, "Learning rate must be a number, got `-1e-3`."),
         ({"clip_num_train_epochs": "nan"}, "Epochs must be a number, got `nan`."),
-        ({"clip_method": "prefix"}, "method `prefix` is not one of"),
+        ({"clip_method": "prefix"}, "Method: `prefix` is not one of"),
         ({"clip_num_train_epochs": ""}, "Epochs must be a number, got ``."),
-        ({"clip_dataset_dir": "/nonexistent"}, "Data dir `/nonexistent` has no dataset_info.json."),
+        ({"clip_dataset_dir": "/nonexistent"}, "Data dir `/nonexistent` has no dataset_info.json (relative paths"),
+        ({"clip_train_batch_size": None}, "Train batch size is empty: give a value."),
+        ({"clip_eval_batch_size": float("nan")}, "is not a usable number"),
+        ({"clip_warmup_steps": float("inf")}, "is not a usable number"),
+        ({"clip_logging_steps": 10**30}, "is not a usable number"),
+        ({"clip_learning_rate": "1e400"}, "Learning rate must be a number, got `1e400`."),
+        ({"clip_extra_args": "[" * 100000 + "]" * 100000}, "Extra arguments: not usable JSON (RecursionError"),
+        ({"clip_extra_args": '{"seed": ' + "9" * 5000 + "}"}, "Extra arguments: not usable JSON (ValueError"),
         ({"clip_dataset": []}, "Choose a train dataset."),
         ({"clip_eval_dataset": None}, "Choose a test dataset."),
         ({"clip_extra_args": "{seed: 1}"}, "Extra arguments: not valid JSON"),
@@ -120,6 +133,12 @@ def test_messages_follow_the_language(tmp_path):
         ({"clip_eval_dataset": "emoji_captions_test"}, "is a image_to_text dataset, but clip_task is classification"),
         ({"clip_extra_args": '{"learning_rat": 1}'}, "learning_rat.*learning_rate"),
         ({"clip_method": "tip", "clip_tip_search_best": True}, "tip_search_best searches on the validation split"),
+        ({"clip_method": "lora", "clip_lora_rank": -4}, "lora_rank must be at least 1"),
+        ({"clip_method": "tip", "clip_tip_augment_epoch": 0}, "tip_augment_epoch must be at least 1"),
+        ({"clip_method": "prompt", "clip_prompt_length": 0}, "prompt_length must be at least 1"),
+        ({"clip_method": "adapter", "clip_adapter_reduction": 0}, "adapter_reduction must be at least 1"),
+        ({"clip_extra_args": '{"learning_rate": "abc"}'}, "learning_rate must be a float, got 'abc'"),
+        ({"clip_extra_args": '{"seed": [1, 2]}'}, "seed must be an integer"),
     ],
 )
 def test_validation_runs_the_stages_checks_before_launching(tmp_path, changes, message):
@@ -160,21 +179,31 @@ def test_an_output_dir_holding_another_run_is_refused(tmp_path):
         validate(args, "en")
 
 
-def test_saved_form_loads_back_and_unknown_fields_are_refused(tmp_path):
+def test_saved_form_loads_back_and_unknown_fields_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     values = form(tmp_path, clip_method="lora", clip_lora_rank=4)
-    save_form(values, str(tmp_path / "cfg" / "args.yaml"), "en")
-    assert form_from_file(str(tmp_path / "cfg" / "args.yaml"), "en") == {name: values[name] for name in FIELDS}
-    (tmp_path / "bad.yaml").write_text("clip_lora_rnk: 4\n")
+    assert save_form(values, "args.yaml", "en") == "llamaboard_config/clip/args.yaml"
+    assert form_from_file("args.yaml", "en") == {name: values[name] for name in FIELDS}
+    folder = tmp_path / "llamaboard_config" / "clip"
+    (folder / "bad.yaml").write_text("clip_lora_rnk: 4\n")
     with pytest.raises(FormError, match=r"unknown field\(s\) \['clip_lora_rnk'\]"):
-        form_from_file(str(tmp_path / "bad.yaml"), "en")
+        form_from_file("bad.yaml", "en")
     with pytest.raises(FormError, match="does not exist"):
-        form_from_file(str(tmp_path / "none.yaml"), "en")
-    (tmp_path / "broken.yaml").write_text("clip_task: [\n")
+        form_from_file("none.yaml", "en")
+    (folder / "broken.yaml").write_text("clip_task: [\n")
     with pytest.raises(FormError, match="broken.yaml"):
-        form_from_file(str(tmp_path / "broken.yaml"), "en")
-    (tmp_path / "a_file").write_text("")
-    with pytest.raises(FormError, match="a_file/args.yaml"):  # its folder is a file: a message, not a crash
-        save_form(values, str(tmp_path / "a_file" / "args.yaml"), "en")
+        form_from_file("broken.yaml", "en")
+
+
+@pytest.mark.parametrize("name", ["../x.yaml", "/etc/passwd", "sub/a.yaml", "a.txt", ".bashrc", "", "..", "a\\b.yaml"])
+def test_save_and_load_stay_in_llama_boards_config_folder(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    for action in (lambda: save_form(form(tmp_path), name, "en"), lambda: form_from_file(name, "en")):
+        with pytest.raises(
+            FormError, match=r"give a file name ending in .yaml, without folders.*llamaboard_config/clip"
+        ):
+            action()
+    assert not any(tmp_path.rglob("*.yaml")) and not (tmp_path / ".bashrc").exists()
 
 
 def test_locales_cover_every_language_of_llama_board_without_touching_its_entries():
@@ -272,3 +301,58 @@ def test_runner_trains_and_reports_metrics_then_aborts_a_long_run(tmp_path):
     assert list(reloaded)[-1].message == "已中断。"
     assert list(runner.reattach("en")) == []  # nothing runs: nothing to follow
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("torchrun", [False, True], ids=["direct", "torchrun"])
+def test_an_output_dir_that_looks_like_flags_is_only_a_folder(tmp_path, monkeypatch, torchrun):
+    """LLaMA-Factory's torchrun launcher joins argv with spaces and splits it again: the launched path is a copy of
+    the arguments under llamaboard_cache with a name of safe characters, so the output dir never reaches argv."""
+    monkeypatch.chdir(tmp_path)
+    if torchrun:
+        monkeypatch.setenv("FORCE_TORCHRUN", "1")
+        monkeypatch.setenv("NPROC_PER_NODE", "1")
+    out = tmp_path / "x --stage sft --trust_remote_code true"
+    extra = '{"save_strategy": "no", "dataloader_num_workers": 0, "num_shots": 1}'
+    args = build_args(form(tmp_path, clip_output_dir=str(out), clip_num_train_epochs="1", clip_extra_args=extra))
+    validate(args, "en")
+    statuses = list(ClipRunner().launch(args, "en"))
+    assert statuses[-1].percentage == 100.0, statuses[-1].message
+    assert (out / "all_results.json").is_file() and (out / "training_args.yaml").is_file()
+    started = statuses[0].message
+    assert "llamaboard_cache/clip/" in started and "--stage" not in started
+
+
+def test_an_abort_clicked_while_start_validates_cancels_the_launch(tmp_path):
+    runner = ClipRunner()
+    runner.abort()  # nothing runs yet: Start is still validating
+    statuses = list(runner.launch(build_args(form(tmp_path)), "en"))
+    assert [s.message for s in statuses] == ["Aborted."] and runner.process is None
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_reloaded_page_gets_the_running_jobs_form_and_an_empty_data_dir_is_explained(tmp_path):
+    from llamafactory.clip_finetune.webui.components.clip_tab import _preview_data, _why_no_datasets
+
+    assert "has no dataset_info.json" in _why_no_datasets("en", str(tmp_path), "classification")
+    assert str(tmp_path) in _why_no_datasets("en", str(tmp_path), "classification")
+    (tmp_path / "dataset_info.json").write_text(
+        json.dumps({"caps": {"file_name": "c.jsonl", "task": "image_to_text"}})
+    )
+    (tmp_path / "c.jsonl").write_text('{"image": "bad.png", "captions": "x"}\n')
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert "none readable as a classification dataset" in _why_no_datasets("en", str(tmp_path), "classification")
+    gallery, message = _preview_data("en", str(tmp_path), ["caps"])
+    assert "Cannot show the data: Cannot read image" in message and "bad.png" in message
+
+    values = form(tmp_path, clip_num_train_epochs="1000", clip_learning_rate="3e-4")
+    extra = '{"save_strategy": "no", "dataloader_num_workers": 0}'
+    values["clip_extra_args"] = extra
+    runner = ClipRunner()
+    statuses = runner.launch(build_args(values), "en", form=values)
+    next(statuses)
+    try:
+        assert runner.running and runner.form["clip_learning_rate"] == "3e-4"
+    finally:
+        runner.abort()
+        list(statuses)

@@ -126,7 +126,10 @@ def test_clip_tab_trains_shows_progress_metrics_and_switches_language(webui, pag
     extra = {"train_transforms": ["random_flip", "normalize"], "save_strategy": "no", "dataloader_num_workers": 0}
     fill(page, "clip_extra_args", json.dumps(extra))
     page.locator("#clip_preview_btn").click()
-    expect(page.locator("#clip_output")).to_contain_text(f"llamafactory-cli train {output_dir}/training_args.yaml")
+    expect(page.locator("#clip_output")).to_contain_text(f"output_dir: {output_dir}")
+    expect(page.locator("#clip_output")).to_contain_text(
+        re.compile(r"llamafactory-cli train llamaboard_cache/clip/\w+\.yaml")
+    )
 
     page.locator("#clip_start_btn").click()
     expect(page.locator("#clip_progress")).to_be_visible()

@@ -111,6 +111,18 @@ class ClipFinetuningArguments(ClipOptimArguments):
             raise ValueError("tip_fixed_cache holds class labels: use it with clip_task classification.")
         if len(self.tip_search_scale) != 2 or len(self.tip_search_step) != 2 or min(self.tip_search_step) < 1:
             raise ValueError("tip_search_scale and tip_search_step take two values each: [beta, alpha].")
+        for key in ("tip_augment_epoch", "tip_cache_size", "prompt_length", "adapter_reduction"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}.")
+        for key in ("lora_dropout", "prompt_dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)}.")
+        if not 0 <= self.adapter_ratio <= 1:
+            raise ValueError(
+                f"adapter_ratio must be in [0, 1] (the adapted share of the feature), got {self.adapter_ratio}."
+            )
+        if self.prompt_project is not None and self.prompt_project < 1:
+            raise ValueError(f"prompt_project must be a positive width, got {self.prompt_project}.")
         if self.lora_rank < 1:
             raise ValueError(f"lora_rank must be at least 1 (the rank of the update matrices), got {self.lora_rank}.")
         if self.feature_cache_views < 1:

@@ -7,8 +7,10 @@ Accepts what LLaMA-Factory's ``read_args`` produces: a dict (yaml with ``key=val
 import dataclasses
 import difflib
 import json
+import math
 import os
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import transformers
 from llamafactory.extras import logging
@@ -119,13 +121,82 @@ def check_choices(parsed: Any) -> None:
             raise ValueError(f"{name}: `{getattr(parsed, name)}` is not one of {list(get_args(hint))}.")
 
 
+MAX_INT = 2**53  # past this an integer setting is a typo, and JSON (the web UI) cannot hold it exactly
+SCALARS = (bool, int, float, str)
+
+
+def _field_types() -> dict[str, Any]:
+    hints: dict[str, Any] = {}
+    for cls in CLIP_ARGS:
+        hints.update(get_type_hints(cls))
+    return hints
+
+
+def _scalar(key: str, kind: type, value: Any) -> Any:
+    """``value`` as ``kind`` (numbers written as strings are read, integral floats are ints), else an error."""
+    if kind is bool:
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        if isinstance(value, bool):
+            return value
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif not isinstance(value, bool):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value) if kind is float else int(value.strip())
+            except ValueError:
+                number = None
+        if isinstance(number, float) and kind is int and number.is_integer() and abs(number) <= MAX_INT:
+            number = int(number)
+        if (
+            isinstance(number, (int, float))
+            and not isinstance(number, bool)
+            and (kind is float or isinstance(number, int))
+        ):
+            if math.isfinite(number) and abs(number) <= (MAX_INT if kind is int else 1e300):
+                return kind(number)
+            raise ValueError(f"{key}: {value!r} is out of range.")
+    raise ValueError(f"{key} must be {'a ' + kind.__name__ if kind is not int else 'an integer'}, got {value!r}.")
+
+
+def check_types(args: dict[str, Any]) -> dict[str, Any]:
+    """``parse_dict`` takes values as they are; check (and read) them against each field's type, as argparse does
+    for command-line flags, so `learning_rate: "abc"` stops here naming the key instead of inside the optimizer."""
+    hints, checked = _field_types(), {}
+    for key, value in args.items():
+        hint = hints.get(key)
+        options = (
+            [a for a in get_args(hint) if a is not type(None)] if get_origin(hint) in (Union, UnionType) else [hint]
+        )
+        optional = hint is not None and len(options) < len(get_args(hint) or [hint])
+        if value is None:
+            if not optional and hint in SCALARS:
+                raise ValueError(f"{key} needs a value, got null.")
+            checked[key] = value
+            continue
+        kind = options[0] if len(options) == 1 else None
+        if kind in SCALARS:
+            value = _scalar(key, kind, value)
+        elif get_origin(kind) is list and get_args(kind)[0] in SCALARS:
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{key} must be a list like [a, b], got {value!r}.")
+            value = [_scalar(key, get_args(kind)[0], item) for item in value]
+        checked[key] = value
+    return checked
+
+
 def _parse(args: dict[str, Any] | list[str]) -> ClipArgs:
     parser = HfArgumentParser(CLIP_ARGS, allow_abbrev=False)
     if isinstance(args, dict):
         unknown = [key for key in args if key not in set(valid_keys())]
         if unknown:
             raise unknown_key_error(unknown)
-        parsed = parser.parse_dict(args)
+        parsed = parser.parse_dict(check_types(args))
         for obj in parsed:
             if not isinstance(obj, TrainingArguments):
                 check_choices(obj)

@@ -21,8 +21,11 @@ def _value(en: str, zh: str) -> dict[str, dict[str, str]]:
 
 CLIP_LOCALES: dict[str, dict[str, dict[str, str]]] = {
     "clip_intro": _value(
-        "**CLIP finetuning** (stage `clip`): pick a checkpoint, a dataset from `dataset_info.json` and a method.",
-        "**CLIP 微调**（`clip` 阶段）：选择模型、`dataset_info.json` 中的数据集和微调方法。",
+        "**CLIP finetuning** (stage `clip`): pick a checkpoint, a dataset from `dataset_info.json` and a method. "
+        "LLaMA Board's fields above the tabs (model, finetuning method, quantization, template) are for LLMs and "
+        "do not apply here: this tab has its own.",
+        "**CLIP 微调**（`clip` 阶段）：选择模型、`dataset_info.json` 中的数据集和微调方法。"
+        "标签页上方的 LLaMA Board 字段（模型、微调方法、量化、模板）仅用于大语言模型，对本页无效：本页有自己的设置。",
     ),
     "clip_model": _entry(
         "Checkpoint", "模型", "Hub name or local path of a CLIP model.", "CLIP 模型的 Hub 名称或本地路径。"
@@ -92,7 +95,12 @@ CLIP_LOCALES: dict[str, dict[str, dict[str, str]]] = {
     "clip_extra_args": _entry(
         "Extra arguments", "额外参数", "JSON object of further stage keys.", "其他参数，JSON 格式。"
     ),
-    "clip_config_path": _entry("Arguments file", "参数文件"),
+    "clip_config_path": _entry(
+        "Arguments file",
+        "参数文件",
+        "A .yaml name in LLaMA Board's config folder (llamaboard_config/clip).",
+        "LLaMA Board 配置目录（llamaboard_config/clip）中的 .yaml 文件名。",
+    ),
     "clip_preview_btn": _value("Preview command", "预览命令"),
     "clip_save_btn": _value("Save arguments", "保存参数"),
     "clip_load_btn": _value("Load arguments", "载入参数"),
@@ -105,9 +113,20 @@ CLIP_LOCALES: dict[str, dict[str, dict[str, str]]] = {
 ALERTS: dict[str, dict[str, str]] = {
     "running": {"en": "A run is already in progress.", "zh": "已有训练在运行。"},
     "no_dataset_dir": {
-        "en": "Data dir `{}` has no dataset_info.json.",
-        "zh": "数据目录 `{}` 中没有 dataset_info.json。",
+        "en": "Data dir `{}` has no dataset_info.json (relative paths start where `llamafactory-cli webui` runs).",
+        "zh": "数据目录 `{}` 中没有 dataset_info.json（相对路径从运行 `llamafactory-cli webui` 的目录算起）。",
     },
+    "no_datasets_listed": {
+        "en": "No dataset of this task in `{}`: {}",
+        "zh": "`{}` 中没有该任务的数据集：{}",
+    },
+    "empty_field": {"en": "{} is empty: give a value.", "zh": "{} 为空：请填写。"},
+    "bad_number": {"en": "{}: `{}` is not a usable number.", "zh": "{}：`{}` 不是可用的数字。"},
+    "bad_args_name": {
+        "en": "Arguments file `{}`: give a file name ending in .yaml, without folders; it lives in `{}`.",
+        "zh": "参数文件 `{}`：请给出以 .yaml 结尾、不含目录的文件名；它保存在 `{}`。",
+    },
+    "bad_image": {"en": "Cannot show the data: {}", "zh": "无法预览数据：{}"},
     "no_dataset": {"en": "Choose a train dataset.", "zh": "请选择训练数据集。"},
     "no_eval_dataset": {"en": "Choose a test dataset.", "zh": "请选择测试数据集。"},
     "not_a_number": {"en": "{} must be a number, got `{}`.", "zh": "{} 必须是数字，当前为 `{}`。"},

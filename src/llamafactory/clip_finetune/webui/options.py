@@ -3,6 +3,7 @@
 Kept free of Gradio so that the form logic is tested directly; ``components/clip_tab.py`` only lays it out.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -20,7 +21,13 @@ TASKS = ["classification", "image_to_text"]
 METHODS = ["full", "bias", "prompt", "adapter", "tip", "lora"]
 SCHEDULERS = ["cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
 PRECISIONS = ["fp32", "bf16", "fp16"]
-ARGS_FILE = "training_args.yaml"  # what the tab writes into output_dir and passes to `llamafactory-cli train`
+ARGS_FILE = "training_args.yaml"  # what the tab writes into output_dir, as LLaMA Board does
+# LLaMA Board's folders (llamafactory.webui.common), relative to where the web UI runs: saved forms, and the copies
+# of the arguments that are launched (a path of safe characters: LLaMA-Factory's torchrun launcher joins argv with
+# spaces and splits it again, so an output dir like `x --stage sft` must never appear on a command line)
+CONFIG_DIR = os.path.join("llamaboard_config", "clip")
+LAUNCH_DIR = os.path.join("llamaboard_cache", "clip")
+MAX_NUMBER = 2**53  # larger integers lose precision as JSON numbers and are no sensible setting
 
 # field -> stage key, for the fields every method uses
 COMMON = {
@@ -123,6 +130,30 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+CHOICES = {
+    "clip_task": TASKS,
+    "clip_method": METHODS,
+    "clip_lr_scheduler_type": SCHEDULERS,
+    "clip_compute_type": PRECISIONS,
+    "clip_adapter_target": ["vision", "text", "both"],
+}
+CHOICES.update({f: [True, False] for f, v in DEFAULTS.items() if isinstance(v, bool)})
+REQUIRED_TEXT = ["clip_model", "clip_output_dir"]
+TEXT_FIELDS = REQUIRED_TEXT + [
+    "clip_dataset_dir",
+    "clip_config",
+    "clip_learning_rate",
+    "clip_num_train_epochs",
+    "clip_bias_terms",
+    "clip_bias_terms_exclude",
+    "clip_lora_target",
+    "clip_extra_args",
+]
+NUMBER_FIELDS = [f for f, v in DEFAULTS.items() if isinstance(v, (int, float)) and not isinstance(v, bool)] + list(
+    BLANK_NUMBERS
+)
+
+
 class FormError(ValueError):
     """A message for the user, already in their language."""
 
@@ -155,9 +186,40 @@ def _number(field: str, value: Any, lang: str) -> float:
         number = float(value)
     except (TypeError, ValueError):
         number = math.nan
-    if not (math.isfinite(number) and number > 0):
+    if not (math.isfinite(number) and 0 < number <= MAX_NUMBER):
         raise FormError(alert("not_a_number", lang, _label(field, lang), value))
     return number
+
+
+def _check_fields(form: dict[str, Any], lang: str) -> None:
+    """Choices, texts and dataset pickers hold what their widgets can hold (a crafted request may send anything)."""
+    for field, choices in CHOICES.items():
+        if form[field] not in choices:
+            raise FormError(alert("invalid", lang, f"{_label(field, lang)}: `{form[field]}` is not one of {choices}"))
+    for field in TEXT_FIELDS:
+        if not (isinstance(form[field], str) or (form[field] is None and field not in REQUIRED_TEXT)):
+            raise FormError(alert("empty_field", lang, _label(field, lang)))
+        if field in REQUIRED_TEXT and not form[field].strip():
+            raise FormError(alert("empty_field", lang, _label(field, lang)))
+    picked = form["clip_dataset"]
+    if picked is not None and not (isinstance(picked, list) and all(isinstance(n, str) for n in picked)):
+        raise FormError(alert("invalid", lang, f"{_label('clip_dataset', lang)}: {picked!r}"))
+    for field in ("clip_val_dataset", "clip_eval_dataset"):
+        if form[field] is not None and not isinstance(form[field], str):
+            raise FormError(alert("invalid", lang, f"{_label(field, lang)}: {form[field]!r}"))
+
+
+def _check_numbers(form: dict[str, Any], lang: str) -> None:
+    """Number fields: no blank (unless blank means the stage's default), NaN, infinity or absurd magnitude."""
+    for field in NUMBER_FIELDS:
+        value = form.get(field)
+        if value is None or value == "":
+            if field in BLANK_NUMBERS:
+                continue
+            raise FormError(alert("empty_field", lang, _label(field, lang)))
+        usable = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not usable or not math.isfinite(value) or abs(value) > MAX_NUMBER:
+            raise FormError(alert("bad_number", lang, _label(field, lang), value))
 
 
 def _names(value: Any) -> str | None:
@@ -171,6 +233,7 @@ def build_args(form: dict[str, Any], lang: str = "en") -> dict[str, Any]:
 
     With a Dassl config (``clip_config``) only the fields changed from the tab's defaults are sent: any key sent
     would override the config's own value."""
+    _check_fields(form, lang)
     dataset_dir = form["clip_dataset_dir"] or "data"
     with_config = bool(_names(form["clip_config"]))
     if not os.path.isfile(os.path.join(dataset_dir, "dataset_info.json")):
@@ -179,8 +242,7 @@ def build_args(form: dict[str, Any], lang: str = "en") -> dict[str, Any]:
         raise FormError(alert("no_dataset", lang))
     if not with_config and not _names(form["clip_eval_dataset"]):
         raise FormError(alert("no_eval_dataset", lang))
-    if form["clip_method"] not in METHODS:
-        raise FormError(alert("invalid", lang, f"method `{form['clip_method']}` is not one of {METHODS}"))
+    _check_numbers(form, lang)
     sent = [field for field in COMMON if not with_config or form[field] != DEFAULTS[field]]
     sent += ["clip_task", "clip_output_dir"]  # the task decides what the datasets are; output_dir is the tab's
     args: dict[str, Any] = {"stage": "clip", "do_train": True, "do_eval": True}
@@ -217,6 +279,10 @@ def _extra(text: str, lang: str) -> dict[str, Any]:
         extra = json.loads(text or "{}")
     except json.JSONDecodeError as err:
         raise FormError(alert("bad_extra", lang, f"not valid JSON ({err.msg} at character {err.pos})")) from None
+    except (ValueError, RecursionError) as err:  # a number of thousands of digits, or nesting too deep to read
+        raise FormError(
+            alert("bad_extra", lang, f"not usable JSON ({type(err).__name__}: {str(err)[:120]})")
+        ) from None
     if not isinstance(extra, dict):
         raise FormError(alert("bad_extra", lang, 'give a JSON object, e.g. {"seed": 0}'))
     return extra
@@ -257,14 +323,23 @@ def validate(args: dict[str, Any], lang: str) -> None:
         given = (data_args.dataset, data_args.val_dataset, data_args.eval_dataset)
         names = [name.strip() for value in given if value for name in value.split(",") if name.strip()]
         get_dataset_attrs(names, data_args.dataset_dir, finetuning_args.clip_task)
-    except (ValueError, TypeError, OSError) as err:
+    except FormError:
+        raise
+    except Exception as err:  # anything the stage would stop on: a message in the tab, never a bare "Error"
         raise FormError(alert("invalid", lang, err)) from None
 
 
+def launch_path(output_dir: str) -> str:
+    """Where the launched copy of a run's arguments lives: named by the output dir's digest, so it is made of safe
+    characters whatever the output dir is called."""
+    digest = hashlib.sha1(os.path.abspath(output_dir).encode()).hexdigest()[:16]
+    return os.path.join(LAUNCH_DIR, f"{digest}.yaml")
+
+
 def command(args: dict[str, Any]) -> tuple[str, list[str]]:
-    """The yaml the tab writes and the command it runs."""
+    """The yaml the tab writes (into output_dir, and the launched copy) and the command it runs."""
     text = yaml.safe_dump(args, sort_keys=False, allow_unicode=True)
-    return text, ["llamafactory-cli", "train", os.path.join(args["output_dir"], ARGS_FILE)]
+    return text, ["llamafactory-cli", "train", launch_path(args["output_dir"])]
 
 
 def preview(args: dict[str, Any]) -> str:
@@ -272,8 +347,18 @@ def preview(args: dict[str, Any]) -> str:
     return f"```yaml\n{text}```\n```bash\n{shlex.join(argv)}\n```"
 
 
-def form_from_file(path: str, lang: str) -> dict[str, Any]:
+def args_file(name: str, lang: str) -> str:
+    """Save / Load stay in LLaMA Board's config folder: a plain ``.yaml`` file name, nothing else."""
+    name = (name or "").strip()
+    plain = name and os.path.basename(name) == name and name not in (".", "..") and "\\" not in name
+    if not plain or not name.endswith(".yaml") or name.startswith("."):
+        raise FormError(alert("bad_args_name", lang, name, CONFIG_DIR))
+    return os.path.join(CONFIG_DIR, name)
+
+
+def form_from_file(name: str, lang: str) -> dict[str, Any]:
     """Saved form values (``save_form``) for the fields they name; unknown names are refused."""
+    path = args_file(name, lang)
     if not os.path.isfile(path):
         raise FormError(alert("no_args_file", lang, path))
     saved = _read_yaml(path, lang) or {}
@@ -285,10 +370,12 @@ def form_from_file(path: str, lang: str) -> dict[str, Any]:
     return saved
 
 
-def save_form(form: dict[str, Any], path: str, lang: str) -> None:
+def save_form(form: dict[str, Any], name: str, lang: str) -> str:
+    path = args_file(name, lang)
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        os.makedirs(CONFIG_DIR, exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             yaml.safe_dump({name: form[name] for name in FIELDS}, f, sort_keys=False, allow_unicode=True)
     except OSError as err:
         raise FormError(alert("invalid", lang, f"`{path}`: {err}")) from None
+    return path

@@ -6,6 +6,7 @@ child process with ``LLAMABOARD_ENABLED`` / ``LLAMABOARD_WORKDIR`` set, so LLaMA
 """
 
 import json
+import math
 import os
 import shlex
 import signal
@@ -24,6 +25,7 @@ from .options import ARGS_FILE, command
 
 PROCESS_LOG = "webui_process.log"  # the child's stdout and stderr, shown when it fails (see LAUNCHER_FILES)
 POLL_S = 1.0
+ABORT_WINDOW_S = 10.0  # an Abort clicked this shortly before a launch (while Start was validating) cancels it
 
 
 @dataclass
@@ -94,37 +96,51 @@ class ClipRunner:
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None
         self.output_dir: str | None = None
+        self.form: dict[str, Any] | None = None  # the running job's form, shown again to a reloaded page
         self.aborted = False
+        self.abort_time = -math.inf
         self.lock = threading.Lock()  # two clicks on Start never launch two runs
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def launch(self, args: dict[str, Any], lang: str, busy: bool = False) -> Iterator[Status]:
-        """``busy``: LLaMA Board's own runner is training; one run at a time on the machine."""
+    def launch(
+        self, args: dict[str, Any], lang: str, busy: bool = False, form: dict[str, Any] | None = None
+    ) -> Iterator[Status]:
+        """``busy``: LLaMA Board's own runner is training; one run at a time on the machine. An Abort clicked while
+        Start was still validating, or while the child starts, stops it."""
         with self.lock:
             if self.running or busy:
                 yield Status(alert("running", lang), done=True)
                 return
+            if self.aborted and time.monotonic() - self.abort_time < ABORT_WINDOW_S:
+                self.aborted = False
+                yield Status(alert("aborted", lang), done=True)
+                return
+            self.aborted = False
             output_dir = self.output_dir = args["output_dir"]
             text, argv = command(args)
             try:
                 os.makedirs(output_dir, exist_ok=True)
-                with open(os.path.join(output_dir, ARGS_FILE), "w", encoding="utf-8") as f:
-                    f.write(text)
+                for path in (os.path.join(output_dir, ARGS_FILE), argv[-1]):  # the record, and the launched copy
+                    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                    with open(path, "w", encoding="utf-8") as f:
+                        f.write(text)
                 for stale in ("trainer_log.jsonl", "all_results.json"):  # a resumed run must not show the last end
                     if os.path.isfile(os.path.join(output_dir, stale)):
                         os.remove(os.path.join(output_dir, stale))
                 env = dict(os.environ, LLAMABOARD_ENABLED="1", LLAMABOARD_WORKDIR=output_dir)
-                self.aborted = False
                 with open(os.path.join(output_dir, PROCESS_LOG), "w", encoding="utf-8") as log:
                     self.process = subprocess.Popen(
                         argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
                     )
+                self.form = form
             except OSError as err:  # an unwritable output dir, or no llamafactory-cli on PATH
                 yield Status(alert("invalid", lang, err), done=True)
                 return
+            if self.aborted:  # clicked while the child was starting
+                stop_process_tree(self.process.pid)
         yield Status(alert("started", lang, shlex.join(argv)), percentage=0.0)
         yield from self.follow(output_dir, lang)
 
@@ -145,6 +161,7 @@ class ClipRunner:
 
     def abort(self) -> None:
         self.aborted = True
+        self.abort_time = time.monotonic()
         if self.running:
             stop_process_tree(self.process.pid)
 

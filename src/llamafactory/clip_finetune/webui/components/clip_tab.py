@@ -1,6 +1,6 @@
 """The CLIP tab's layout and events; what the fields mean lives in ``webui.options``."""
 
-from io import BytesIO
+import os
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -11,6 +11,7 @@ from PIL import Image
 
 from ...data.dataset_info import get_dataset_attr, read_dataset_info
 from ...data.readers import read_samples
+from ...data.transforms import decode
 from ..locales import CLIP_LOCALES, alert
 from ..options import (
     BLANK_NUMBERS,
@@ -58,22 +59,31 @@ def _images(samples: Any) -> list[tuple[Any, str]]:
         names = [samples.captions[i][0] for i in picks]
     shown = []
     for index, name in zip(picks, names, strict=True):
-        image = samples.images[index]  # a path, a PIL image or an HF datasets image cell
-        if isinstance(image, dict):
-            image = image.get("bytes") and BytesIO(image["bytes"]) or image["path"]
-        if not isinstance(image, Image.Image):  # opened here: Gradio serves no files outside its own folders
-            image = Image.open(image)
-        shown.append((image.convert("RGB"), name))
+        # decoded here, as training decodes it (errors name the file): Gradio serves no files outside its folders
+        pixels = decode(samples.images[index], samples.origins[index])
+        shown.append((Image.fromarray(pixels.permute(1, 2, 0).numpy()), name))
     return shown
 
 
-def _dataset_choices(dataset_dir: str, task: str):
+def _dataset_choices(lang: str, dataset_dir: str, task: str):
     names = list_datasets(dataset_dir or "data", task)
     return (
         gr.update(choices=names, value=[]),
         gr.update(choices=names, value=None),
         gr.update(choices=names, value=None),
+        "" if names else _why_no_datasets(lang, dataset_dir or "data", task),
     )
+
+
+def _why_no_datasets(lang: str, dataset_dir: str, task: str) -> str:
+    """Where the tab looked (resolved), and why it listed nothing."""
+    where = os.path.abspath(dataset_dir)
+    try:
+        info = read_dataset_info(dataset_dir)
+    except ValueError:
+        return alert("no_dataset_dir", lang, where)
+    why = f"{len(info)} entries, none readable as a {task} dataset" if info else "dataset_info.json is empty"
+    return alert("no_datasets_listed", lang, where, why)
 
 
 def _preview_data(lang: str, dataset_dir: str, names: list[str]):
@@ -82,8 +92,8 @@ def _preview_data(lang: str, dataset_dir: str, names: list[str]):
     try:
         attr = get_dataset_attr(names[0], dataset_dir, read_dataset_info(dataset_dir))
         return gr.update(value=_images(read_samples(attr)), visible=True), ""
-    except ValueError as err:
-        return gr.update(visible=False), alert("invalid", lang, err)
+    except (ValueError, OSError) as err:  # a bad entry or image: named, never a bare "Error"
+        return gr.update(visible=False), alert("bad_image", lang, err)
 
 
 def _show(status: Status, lang: str):
@@ -199,19 +209,19 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
         except FormError as err:
             yield str(err), gr.update(), gr.update(), gr.update()  # the last run's progress and metrics stay
             return
-        for status in runner.launch(args, language, busy=engine.runner.running):
+        for status in runner.launch(args, language, busy=engine.runner.running, form=read_form(values)):
             yield _show(status, language)
 
-    def on_save(language: str, path: str, *values: Any) -> str:
+    def on_save(language: str, name: str, *values: Any) -> str:
         try:
-            save_form(read_form(values), path, language)
+            path = save_form(read_form(values), name, language)
         except FormError as err:
             return str(err)
         return alert("saved_args", language, path)
 
-    def on_load(language: str, path: str):
+    def on_load(language: str, name: str):
         try:
-            saved = form_from_file(path, language)
+            saved = form_from_file(name, language)
         except FormError as err:
             return [str(err)] + [gr.update() for _ in FIELDS]
         # the loaded data dir and task decide which datasets can be chosen
@@ -222,7 +232,7 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
             if name in ("clip_dataset", "clip_val_dataset", "clip_eval_dataset"):
                 update["choices"] = choices
             updates.append(gr.update(**update))
-        return [alert("loaded_args", language, path)] + updates
+        return [alert("loaded_args", language, name)] + updates
 
     def on_method(method: str):
         return [gr.update(visible=group in METHOD_GROUPS[method]) for group in GROUPS]
@@ -230,7 +240,12 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
     dataset_fields = [elems["clip_dataset"], elems["clip_val_dataset"], elems["clip_eval_dataset"]]
     # `.input`: only what the user types or picks; a loaded arguments file sets the datasets itself
     for trigger in (elems["clip_dataset_dir"].input, elems["clip_task"].input):
-        trigger(_dataset_choices, [elems["clip_dataset_dir"], elems["clip_task"]], dataset_fields, queue=False)
+        trigger(
+            _dataset_choices,
+            [lang, elems["clip_dataset_dir"], elems["clip_task"]],
+            dataset_fields + [elems["clip_output"]],
+            queue=False,
+        )
     elems["clip_method"].change(on_method, [elems["clip_method"]], list(groups.values()), queue=False)
     elems["clip_preview_data_btn"].click(
         _preview_data,
@@ -245,9 +260,17 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
         elems["clip_stop_btn"].click(runner.abort, queue=False)
 
     def on_page_load(language: str | None):
+        """A page opened during a run shows the running job's settings and follows it; otherwise it says why the
+        dataset lists are empty, if they are."""
         language = language or load_config().get("lang") or "en"  # LLaMA Board sets the dropdown after this
+        if not runner.running:
+            hint = "" if names else _why_no_datasets(language, d["clip_dataset_dir"], d["clip_task"])
+            yield hint, gr.update(), gr.update(), gr.update(), *[gr.update() for _ in FIELDS]
+            return
+        form_now = [gr.update(value=runner.form[n]) if runner.form else gr.update() for n in FIELDS]
         for status in runner.reattach(language):
-            yield _show(status, language)
+            yield *_show(status, language), *form_now
+            form_now = [gr.update() for _ in FIELDS]
 
-    Context.root_block.load(on_page_load, [lang], outputs, concurrency_limit=None)
+    Context.root_block.load(on_page_load, [lang], outputs + form, concurrency_limit=None)
     return elems
