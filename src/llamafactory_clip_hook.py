@@ -17,7 +17,8 @@ import os
 import sys
 
 
-TESTED_RANGE = ">=0.9.5,<0.9.6"
+TESTED_RANGE = ">=0.9.5,<0.9.6"  # what the tests run (requirements.txt pins it); named in the seam error
+COMPATIBLE_RANGE = ">=0.9.5"  # what setup.py declares: a newer release is checked at run time by the seams
 DISABLE_ENV = "LLAMAFACTORY_CLIP_DISABLE"
 PACKAGE = "llamafactory.clip_finetune"
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llamafactory", "clip_finetune")

@@ -6,7 +6,7 @@ the user); no other exception type, and no hang (hypothesis' deadline)."""
 import math
 
 from conftest import DATA_DIR, TINY_CLIP, base_args
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from llamafactory.clip_finetune.hparams.parser import check_clip_args, valid_keys
@@ -56,8 +56,14 @@ STAGE_KEYS = [
 KEYS = st.one_of(st.sampled_from(STAGE_KEYS), st.sampled_from(["lerning_rate", "num_shot", "finetune_type", "x"]))
 
 
-@settings(max_examples=150, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomized: the same 150 examples on every run (CI never turns red on a new draw); the explicit examples are
+# what earlier draws found
+@settings(
+    max_examples=150, deadline=5000, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.dictionaries(KEYS, VALUES, min_size=1, max_size=4))
+@example({"tip_search_scale": None})
+@example({"learning_rate": "abc", "bias_terms": "x"})
 def test_mutated_configs_parse_or_name_a_key(tmp_path, mutation):
     config = {**base_args(tmp_path / "o"), **mutation}
     config.pop("clip_config", None)  # files are fuzzed through the Dassl tests
@@ -75,8 +81,12 @@ FIELD_VALUES = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=5000, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.dictionaries(st.sampled_from(FIELDS), FIELD_VALUES, min_size=1, max_size=5))
+@example({"clip_model": None, "clip_task": None})
+@example({"clip_dataset_dir": True})
 def test_random_form_states_give_args_or_a_message(tmp_path, changes):
     values = {
         **DEFAULTS,

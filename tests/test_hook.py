@@ -103,6 +103,9 @@ def test_regular_wheel_ships_pth_hook_and_package(tmp_path):
     assert "llamafactory/clip_finetune/__init__.py" in names
     assert "llamafactory/clip_finetune/configs/clip_finetune/vit_b16.yaml" in names  # clip_config: vit_b16
     assert "llamafactory/__init__.py" not in names  # that file belongs to LLaMA-Factory
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    # a compatible range, not the tested pin: a newer LLaMA-Factory is judged by the seam check at run time
+    assert "Requires-Dist: llamafactory>=0.9.5\n" in metadata and "Requires-Python: >=3.11" in metadata
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

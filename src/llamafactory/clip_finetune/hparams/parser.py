@@ -175,7 +175,7 @@ def check_types(args: dict[str, Any]) -> dict[str, Any]:
         )
         optional = hint is not None and len(options) < len(get_args(hint) or [hint])
         if value is None:
-            if not optional and hint in SCALARS:
+            if hint is not None and not optional:
                 raise ValueError(f"{key} needs a value, got null.")
             checked[key] = value
             continue
