@@ -26,6 +26,7 @@ PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llamafac
 PATCHES = {
     "llamafactory.train.tuner": "llamafactory.clip_finetune.integration.tuner:patch_tuner",
     "llamafactory.webui.interface": "llamafactory.clip_finetune.integration.webui:patch_interface",
+    "llamafactory.v1.launcher": "llamafactory.clip_finetune.integration.tuner:patch_v1_launcher",
 }
 
 

@@ -143,3 +143,19 @@ def test_peft_methods_under_torchrun_two_processes(tmp_path, example):
     assert (tmp_path / "adapter_model.safetensors").is_file() and "eval_accuracy" in read_json(
         tmp_path / "all_results.json"
     )
+
+
+@pytest.mark.slow
+def test_the_v1_launcher_refuses_the_clip_stage_with_a_clear_error(tmp_path):
+    done = run_cli(["train", str(ROOT / "examples/clip/quickstart.yaml")], env={"USE_V1": "1"})
+    assert done.returncode != 0
+    assert "stage: clip runs on LLaMA-Factory's v0 launcher" in done.stderr + done.stdout
+
+
+def test_config_stage_reads_the_yaml_and_the_overrides(tmp_path):
+    from llamafactory.clip_finetune.integration.tuner import config_stage
+
+    (tmp_path / "a.yaml").write_text("stage: clip\n")
+    assert config_stage([str(tmp_path / "a.yaml")]) == "clip"
+    assert config_stage([str(tmp_path / "a.yaml"), "stage=sft"]) == "sft"
+    assert config_stage(["--stage", "clip"]) == "clip" and config_stage(["x.yaml"]) is None

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from conftest import TINY_CLIP, base_args, i2t_args, read_json
 from llamafactory.train.tuner import run_exp
@@ -88,3 +89,25 @@ def test_resume_from_checkpoint_continues_the_run(tmp_path):
     logged = [json.loads(line)["current_steps"] for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     # each run ends with a summary line at its last step; the second run went on from step 2, not from step 1
     assert logged == [1, 2, 2, 3, 4, 4]
+
+
+@pytest.mark.parametrize("clip_optim", [None, "sgd", "adamw"])
+def test_the_optimizer_holds_the_model_the_trainer_prepared_first(tmp_path, clip_optim):
+    """FSDP (v1) makes the Trainer prepare the model first and call ``create_optimizer(model)`` with it: the
+    optimizer must hold that module's parameters (a signature without ``model`` raised TypeError on every FSDP run)."""
+    from llamafactory.clip_finetune.data import load_clip_datasets
+    from llamafactory.clip_finetune.hparams.parser import check_clip_args
+    from llamafactory.clip_finetune.model import ClipTaskModel, load_clip
+    from llamafactory.clip_finetune.tasks import ClassificationTask
+    from llamafactory.clip_finetune.train.trainer import ClipTrainer
+
+    overrides = {"clip_optim": clip_optim} if clip_optim else {}
+    model_args, data_args, training_args, finetuning_args = check_clip_args(base_args(tmp_path, **overrides))
+    clip, processor = load_clip(model_args)
+    data = load_clip_datasets(data_args, "classification", 0, processor.image_processor, processor.tokenizer)
+    task = ClassificationTask(data.classnames, data.templates, processor.tokenizer, text_trainable=False)
+    trainer = ClipTrainer(model=ClipTaskModel(clip, task, data.spec), args=training_args, optim_args=finetuning_args)
+    prepared = torch.nn.Linear(3, 2)  # stands in for the FSDP-wrapped module
+    optimizer = trainer.create_optimizer(prepared)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in prepared.parameters()}

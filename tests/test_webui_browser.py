@@ -64,9 +64,11 @@ def webui(tmp_path_factory):
 def page(webui):
     from playwright.sync_api import sync_playwright
 
-    assert os.path.exists(CHROMIUM), (
-        f"{CHROMIUM} is missing: `apt-get install chromium chromium-driver` (.ci/run does)"
-    )
+    missing = f"{CHROMIUM} is missing: `apt-get install chromium chromium-driver` (.ci/run does)"
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):  # CI installs it: its absence there is a failure, not a skip
+            pytest.fail(missing)
+        pytest.skip(f"SKIPPED THE BROWSER TEST: {missing}")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})

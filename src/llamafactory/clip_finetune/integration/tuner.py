@@ -5,6 +5,8 @@ all look ``_training_function`` up as a module global at call time, so replacing
 """
 
 import functools
+import os
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -49,3 +51,50 @@ def patch_tuner(tuner: ModuleType) -> None:
 
     _training_function.__clip_stage_original__ = original
     tuner._training_function = _training_function
+
+
+V1_MESSAGE = (
+    "stage: clip runs on LLaMA-Factory's v0 launcher; USE_V1=1 sends `llamafactory-cli train` to the v1 launcher, "
+    "whose trainers know nothing of it. Unset USE_V1 (or set USE_V1=0) and run the same command again."
+)
+
+
+def config_stage(argv: list[str]) -> str | None:
+    """The stage a `llamafactory-cli <command> [config.yaml] [key=value ...]` line asks for, if it names one."""
+    import yaml
+
+    stage = None
+    for item in argv:
+        if item.endswith((".yaml", ".yml", ".json")) and os.path.isfile(item):
+            try:
+                with open(item, encoding="utf-8") as f:
+                    loaded = yaml.safe_load(f)
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(loaded, dict) and "stage" in loaded:
+                stage = str(loaded["stage"])
+        elif item.startswith(("stage=", "--stage=")):
+            stage = item.split("=", 1)[1]
+    for i, item in enumerate(argv[:-1]):
+        if item == "--stage":
+            stage = argv[i + 1]
+    return stage
+
+
+def patch_v1_launcher(launcher: ModuleType) -> None:
+    """A clear error instead of a failure deep inside the v1 SFT parser."""
+    problems: list[str] = []
+    check_function(launcher, "launch", [], problems)
+    require(launcher, problems)
+    original = launcher.launch
+    if getattr(original, "__clip_stage_original__", None) is not None:
+        return
+
+    @functools.wraps(original)
+    def launch(*args: Any, **kwargs: Any) -> Any:
+        if config_stage(sys.argv[2:]) == "clip":
+            raise SystemExit(V1_MESSAGE)
+        return original(*args, **kwargs)
+
+    launch.__clip_stage_original__ = original
+    launcher.launch = launch

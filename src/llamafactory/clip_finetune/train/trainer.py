@@ -65,12 +65,13 @@ class ClipTrainer(Trainer):
                 self.data_collator,
             ) = saved
 
-    def create_optimizer(self):
-        """``clip_optim``: Dassl's optimizers, weight decay on every trainable parameter as Dassl does."""
+    def create_optimizer(self, model: torch.nn.Module | None = None):
+        """``clip_optim``: Dassl's optimizers, weight decay on every trainable parameter as Dassl does. ``model``: the
+        module the Trainer prepared first when it delays the optimizer (FSDP): its parameters are the ones to hold."""
         name = getattr(self.optim_args, "clip_optim", None)
         if name is None or self.optimizer is not None:
-            return super().create_optimizer()
-        params = [p for p in self.model.parameters() if p.requires_grad]
+            return super().create_optimizer(model)
+        params = [p for p in (self.model if model is None else model).parameters() if p.requires_grad]
         lr, decay, o, eps = self.args.learning_rate, self.args.weight_decay, self.optim_args, self.args.adam_epsilon
         betas = (self.args.adam_beta1, self.args.adam_beta2)
         if name == "sgd":
