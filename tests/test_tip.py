@@ -41,6 +41,14 @@ def test_logits_match_the_formula():
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+def best_cell(metric, betas, alphas):
+    """(score, alpha, beta) of the best grid cell by ``metric(alpha, beta)``; ties go to the first beta, then alpha,
+    as the search breaks them."""
+    cells = ((metric(a, b), -i, -j, a.item(), b.item()) for i, b in enumerate(betas) for j, a in enumerate(alphas))
+    score, _, _, alpha, beta = max(cells)
+    return score, alpha, beta
+
+
 def test_vectorized_search_equals_a_loop_over_the_grid():
     torch.manual_seed(1)
     f = F.normalize(torch.randn(60, 8), dim=-1)
@@ -50,21 +58,17 @@ def test_vectorized_search_equals_a_loop_over_the_grid():
     labels = torch.randint(0, 4, (60,))
     betas, alphas = tip_search_grid([7, 3], [13, 5])
     alpha, beta, accuracy = search_alpha_beta(clip_logits, f @ keys.t(), values, labels, betas, alphas, chunk=4)
-    best = max(
-        (
+    best = best_cell(
+        lambda a, b: (
             ((clip_logits + a * torch.exp(-b * (1 - f @ keys.t())) @ values).argmax(-1) == labels)
             .float()
             .mean()
-            .item(),
-            -i,
-            -j,
-            a.item(),
-            b.item(),
-        )
-        for i, b in enumerate(betas)
-        for j, a in enumerate(alphas)
+            .item()
+        ),
+        betas,
+        alphas,
     )
-    assert accuracy == pytest.approx(best[0]) and alpha == pytest.approx(best[3]) and beta == pytest.approx(best[4])
+    assert (accuracy, alpha, beta) == pytest.approx(best)
 
 
 def tip_args(output_dir, **overrides):
@@ -376,18 +380,14 @@ def test_search_counts_ties_as_the_evaluation_does():
     labels = torch.randint(0, 2, (40,))
     betas, alphas = tip_search_grid([7, 3], [9, 5])
     alpha, beta, accuracy = search_alpha_beta(clip_logits, f @ keys.t(), values, labels, betas, alphas, chunk=4)
-    grid = max(
-        (
-            topk_hits(clip_logits + a * torch.exp(-b * (1 - f @ keys.t())) @ values, labels, (1,))[1].mean().item(),
-            -i,
-            -j,
-            a.item(),
-            b.item(),
-        )
-        for i, b in enumerate(betas)
-        for j, a in enumerate(alphas)
+    best = best_cell(
+        lambda a, b: (
+            topk_hits(clip_logits + a * torch.exp(-b * (1 - f @ keys.t())) @ values, labels, (1,))[1].mean().item()
+        ),
+        betas,
+        alphas,
     )
-    assert accuracy == pytest.approx(grid[0]) and alpha == pytest.approx(grid[3]) and beta == pytest.approx(grid[4])
+    assert (accuracy, alpha, beta) == pytest.approx(best)
     assert accuracy < 1.0
 
 
@@ -406,15 +406,11 @@ def test_image_to_text_search_counts_duplicate_captions_as_the_evaluation_does()
     alpha, beta, recall = search_alpha_beta_i2t(
         f @ texts.t(), f @ keys.t(), values @ texts.t(), caption_image, betas, alphas, chunk=4
     )
-    grid = max(
-        (
-            recall_at_k(ImageToTextQuery(keys, values, a.item(), b.item())(f) @ texts.t(), caption_image)["i2t_r1"],
-            -i,
-            -j,
-            a.item(),
-            b.item(),
-        )
-        for i, b in enumerate(betas)
-        for j, a in enumerate(alphas)
+    best = best_cell(
+        lambda a, b: recall_at_k(ImageToTextQuery(keys, values, a.item(), b.item())(f) @ texts.t(), caption_image)[
+            "i2t_r1"
+        ],
+        betas,
+        alphas,
     )
-    assert recall == pytest.approx(grid[0]) and alpha == pytest.approx(grid[3]) and beta == pytest.approx(grid[4])
+    assert (recall, alpha, beta) == pytest.approx(best)

@@ -56,16 +56,22 @@ def _strs(value: Any) -> list[str]:
     return list(value)
 
 
-def _floats2(value: Any) -> list[float]:
-    if not isinstance(value, list) or len(value) != 2:
-        raise TypeError("a list of 2 numbers")
-    return [_float(v) for v in value]
+def _list_of(count: int, item: Callable[[Any], Any], what: str) -> Callable[[Any], list]:
+    """A kind for a list of ``count`` values, each read by ``item`` (``what``: how the error names them)."""
+
+    def kind(value: Any) -> list:
+        if not isinstance(value, list) or len(value) != count:
+            raise TypeError(f"a list of {count} {what}")
+        return [item(v) for v in value]
+
+    return kind
 
 
-def _ints2(value: Any) -> list[int]:
-    if not isinstance(value, list) or len(value) != 2:
-        raise TypeError("a list of 2 integers")
-    return [_int(v) for v in value]
+_floats2, _ints2, _floats3 = (
+    _list_of(2, _float, "numbers"),
+    _list_of(2, _int, "integers"),
+    _list_of(3, _float, "numbers"),
+)
 
 
 def _stepsizes(value: Any) -> list[int]:
@@ -79,12 +85,6 @@ def _stepsizes(value: Any) -> list[int]:
     if not values:
         raise TypeError("epochs like (30,) or [30, 60]")
     return [_int(v) for v in values]
-
-
-def _floats3(value: Any) -> list[float]:
-    if not isinstance(value, list) or len(value) != 3:
-        raise TypeError("a list of 3 numbers")
-    return [_float(v) for v in value]
 
 
 def _crop_scale(value: Any) -> list[float]:
