@@ -78,3 +78,21 @@ def data_copy(tmp_path):
             for name in sorted(os.listdir(src))[:6]:
                 shutil.copy(src / name, dst / name)
     return root
+
+
+# What makes a test slow, read off its own code: it trains end to end (run_exp), starts processes (the CLI, torchrun,
+# the web UI runner, a browser) or builds a wheel. `python -m pytest -m "not slow"` is then the in-process tier.
+SLOW_CALLS = ("run_exp(", "run_cli(", "subprocess.", ".launch(", "Popen(", "page.", "run(args_for")
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+
+    for item in items:
+        function = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(function) if function is not None else ""
+        except (OSError, TypeError):
+            continue
+        if any(call in source for call in SLOW_CALLS):
+            item.add_marker(pytest.mark.slow)

@@ -73,6 +73,25 @@ def test_moved_seam_raises_one_clear_error():
     assert "LLAMAFACTORY_CLIP_DISABLE=1" in message
 
 
+def test_the_web_ui_internals_the_tab_uses_are_checked(monkeypatch):
+    from llamafactory.webui import manager, runner
+
+    from llamafactory.clip_finetune.integration.webui import check_webui_internals
+
+    problems: list[str] = []
+    check_webui_internals(problems)
+    assert problems == []  # the installed LLaMA Board has them all
+    monkeypatch.delattr(manager.Manager, "add_elems")
+
+    class MovedRunner:
+        def __init__(self):
+            self.is_busy = False
+
+    monkeypatch.setattr(runner, "Runner", MovedRunner)
+    check_webui_internals(problems)
+    assert problems == ["`MovedRunner` no longer sets `running`", "`Manager.add_elems` is missing"]
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [

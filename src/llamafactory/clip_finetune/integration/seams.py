@@ -39,3 +39,14 @@ def check_function(module: ModuleType, name: str, params: list[str], problems: l
     found = list(inspect.signature(func).parameters)
     if found[: len(params)] != params:
         problems.append(f"`{module.__name__}.{name}` takes {found}, expected {params}")
+
+
+def check_attributes(owner: object, names: list[str], where: str, problems: list[str]) -> None:
+    """Class or module attributes the stage uses."""
+    problems += [f"`{where}.{name}` is missing" for name in names if not hasattr(owner, name)]
+
+
+def check_instance_attributes(cls: type, names: list[str], problems: list[str], method: str = "__init__") -> None:
+    """Attributes that only instances hold: ``method`` must still assign them."""
+    source = inspect.getsource(getattr(cls, method))
+    problems += [f"`{cls.__name__}` no longer sets `{name}`" for name in names if f"self.{name}" not in source]

@@ -10,7 +10,7 @@ import sys
 from types import ModuleType
 from typing import Any
 
-from .seams import check_function, require
+from .seams import check_attributes, check_function, check_instance_attributes, require
 
 
 def is_clip_stage(args: Any) -> bool:
@@ -35,6 +35,11 @@ def patch_tuner(tuner: ModuleType) -> None:
         problems.append("`Worker._training_function` (the Ray entry point) is missing")
     if not hasattr(tuner, "LogCallback"):
         problems.append("`LogCallback` is no longer imported by the tuner")
+    from llamafactory.hparams import training_args
+    from llamafactory.train import callbacks
+
+    check_attributes(callbacks, ["LogCallback"], "llamafactory.train.callbacks", problems)  # what workflow.py imports
+    check_instance_attributes(training_args.RayArguments, ["use_ray"], problems, method="__post_init__")
     require(tuner, problems)
 
     original = tuner._training_function

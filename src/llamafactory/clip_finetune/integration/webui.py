@@ -9,7 +9,25 @@ before the footer (right after the last tab, hence in the same group).
 import functools
 from types import ModuleType
 
-from .seams import check_function, require
+from .seams import check_attributes, check_function, check_instance_attributes, require
+
+
+def check_webui_internals(problems: list[str]) -> None:
+    """What the tab uses beyond ``create_ui``: the engine's manager, runner and demo flag, the manager's element
+    registry, the runner's busy flag, ``LOCALES``' name -> language -> entry shape, the saved config's reader, and
+    gradio's root block (where the tab registers its page-load handler)."""
+    from gradio.context import Context
+    from llamafactory.webui import common, engine, manager, runner
+    from llamafactory.webui.locales import LOCALES
+
+    check_instance_attributes(engine.Engine, ["manager", "runner", "demo_mode"], problems)
+    check_instance_attributes(runner.Runner, ["running"], problems)
+    check_attributes(manager.Manager, ["add_elems", "get_elem_by_id", "get_elem_list"], "Manager", problems)
+    check_attributes(common, ["load_config"], "llamafactory.webui.common", problems)
+    check_attributes(Context, ["root_block"], "gradio.context.Context", problems)
+    entry = LOCALES.get("lang") if isinstance(LOCALES, dict) else None
+    if not (isinstance(entry, dict) and isinstance(entry.get("en"), dict)):
+        problems.append("`LOCALES` is no longer a mapping of element name -> language -> labels")
 
 
 def patch_interface(interface: ModuleType) -> None:
@@ -17,6 +35,7 @@ def patch_interface(interface: ModuleType) -> None:
     check_function(interface, "create_ui", ["demo_mode"], problems)
     check_function(interface, "create_train_tab", ["engine"], problems)
     check_function(interface, "create_footer", [], problems)
+    check_webui_internals(problems)
     require(interface, problems)
     if getattr(interface.create_footer, "__clip_tab_original__", None) is not None:
         return
