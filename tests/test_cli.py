@@ -159,3 +159,14 @@ def test_config_stage_reads_the_yaml_and_the_overrides(tmp_path):
     assert config_stage([str(tmp_path / "a.yaml")]) == "clip"
     assert config_stage([str(tmp_path / "a.yaml"), "stage=sft"]) == "sft"
     assert config_stage(["--stage", "clip"]) == "clip" and config_stage(["x.yaml"]) is None
+
+
+@pytest.mark.parametrize("args", [["--stage", "clip", "-h"], {"stage": "clip", "dataset": "x", "--help": None}])
+def test_help_for_the_clip_stage_lists_its_own_keys(args, capsys):
+    from llamafactory.train.tuner import run_exp
+
+    run_exp(args)
+    out = capsys.readouterr().out
+    assert "llamafactory-cli train <config.yaml> (stage: clip)" in out
+    assert "--finetuning_type" in out and "--tip_alpha" in out and "--image_background" in out
+    assert "--adapter_name_or_path" not in out and "--cutoff_len" not in out  # none of the LLM stages' keys

@@ -105,6 +105,21 @@ def with_clip_config(args: dict[str, Any] | list[str]) -> dict[str, Any] | list[
     return merged
 
 
+def clip_help() -> str:
+    """The stage's own keys with their help (``llamafactory-cli train ... -h`` with ``stage: clip``)."""
+    parser = HfArgumentParser(
+        (ClipModelArguments, ClipDataArguments, ClipFinetuningArguments),
+        prog="llamafactory-cli train <config.yaml> (stage: clip)",
+        allow_abbrev=False,
+    )
+    return (
+        parser.format_help()
+        + "\nEvery Hugging Face Trainer key (learning_rate, num_train_epochs, per_device_train_batch_size, bf16, "
+        'save_steps, report_to, deepspeed, ...) applies too: `python -c "from transformers import TrainingArguments; '
+        'help(TrainingArguments)"` lists them.'
+    )
+
+
 def unknown_key_error(keys: list[str]) -> ValueError:
     known = valid_keys()
     hints = []

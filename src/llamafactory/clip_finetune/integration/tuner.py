@@ -42,9 +42,12 @@ def patch_tuner(tuner: ModuleType) -> None:
     check_instance_attributes(training_args.RayArguments, ["use_ray"], problems, method="__post_init__")
     require(tuner, problems)
 
+    check_function(tuner, "read_args", ["args"], problems)
+    require(tuner, problems)
     original = tuner._training_function
     if getattr(original, "__clip_stage_original__", None) is not None:
         return
+    _patch_help(tuner)
 
     @functools.wraps(original)
     def _training_function(config: dict[str, Any]) -> None:
@@ -56,6 +59,29 @@ def patch_tuner(tuner: ModuleType) -> None:
 
     _training_function.__clip_stage_original__ = original
     tuner._training_function = _training_function
+
+
+def asks_help(args: Any) -> bool:
+    keys = args if isinstance(args, (list, tuple)) else list(args) if isinstance(args, dict) else []
+    return "-h" in keys or "--help" in keys
+
+
+def _patch_help(tuner: ModuleType) -> None:
+    """``run_exp`` answers ``-h`` with LLaMA-Factory's LLM arguments before any stage is chosen: for the clip stage,
+    print its own keys instead."""
+    original = tuner.run_exp
+
+    @functools.wraps(original)
+    def run_exp(args: Any = None, callbacks: Any = None) -> None:
+        args = tuner.read_args(args)
+        if asks_help(args) and is_clip_stage(args):
+            from ..hparams.parser import clip_help
+
+            print(clip_help())
+            return None
+        return original(args, callbacks)
+
+    tuner.run_exp = run_exp
 
 
 V1_MESSAGE = (
