@@ -74,13 +74,19 @@ _floats2, _ints2, _floats3 = (
 )
 
 
+def _literal(value: Any, what: str) -> Any:
+    """yacs writes tuples as text (`(224, 224)`): read a string as a Python literal, leave other values as they are."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise TypeError(what) from None
+
+
 def _stepsizes(value: Any) -> list[int]:
     """`(-1,)` arrives as a string, a list or one integer."""
-    if isinstance(value, str):
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise TypeError("epochs like (30,) or [30, 60]") from None
+    value = _literal(value, "epochs like (30,) or [30, 60]")
     values = list(value) if isinstance(value, (list, tuple)) else [value]
     if not values:
         raise TypeError("epochs like (30,) or [30, 60]")
@@ -89,11 +95,7 @@ def _stepsizes(value: Any) -> list[int]:
 
 def _crop_scale(value: Any) -> list[float]:
     """`(0.08, 1.0)` arrives as a string or a list."""
-    if isinstance(value, str):
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise TypeError("an area range like (0.08, 1.0)") from None
+    value = _literal(value, "an area range like (0.08, 1.0)")
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise TypeError("an area range like (0.08, 1.0)")
     return [_float(v) for v in value]
@@ -101,11 +103,7 @@ def _crop_scale(value: Any) -> list[float]:
 
 def _size(value: Any) -> int:
     """`(224, 224)` arrives as a string; the clip stage takes square inputs."""
-    if isinstance(value, str):
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise TypeError("a size like (224, 224)") from None
+    value = _literal(value, "a size like (224, 224)")
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):

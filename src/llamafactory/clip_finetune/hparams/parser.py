@@ -310,7 +310,8 @@ def _check_output_dir(model_args, data_args, training_args, finetuning_args) -> 
             return
     saved, current = read_record(checkpoint), run_record(model_args, data_args, training_args, finetuning_args)
     length = record_differences(saved, current, LENGTH_KEYS)
-    differences = [d for d in record_differences(saved, current) if d not in length]
+    others = sorted((set(saved) | set(current)) - set(LENGTH_KEYS))
+    differences = record_differences(saved, current, others)
     if differences:
         raise ValueError(
             f"output_dir: `{output_dir}` holds a run started with other arguments; resuming it would mix the two "
