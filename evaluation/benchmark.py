@@ -31,6 +31,7 @@ from llamafactory.clip_finetune.hparams import ClipDataArguments, ClipFinetuning
 from llamafactory.clip_finetune.hparams.training_defaults import STAGE_DEFAULTS
 from llamafactory.clip_finetune.methods import get_method
 from llamafactory.clip_finetune.methods.abs import AbsCallback
+from llamafactory.clip_finetune.methods.feature_cache import cache_image_views
 from llamafactory.clip_finetune.model import ClipTaskModel
 from llamafactory.clip_finetune.tasks import ClassificationTask
 from llamafactory.clip_finetune.train.trainer import ClipTrainer
@@ -95,10 +96,15 @@ def build_model(tiny: bool, attn: str) -> CLIPModel:
     return CLIPModel(config)
 
 
+def classification_args(**keys) -> ClipFinetuningArguments:
+    """A method's arguments as a classification run resolves them (the task freezes the text tower by default)."""
+    return ClipFinetuningArguments(freeze_text_tower=True, **keys)
+
+
 def build_task_model(clip: CLIPModel, processor: CLIPProcessor, size: int) -> ClipTaskModel:
     spec = ImageSpec.from_processor(processor.image_processor, ClipDataArguments(image_size=size))
-    finetuning = ClipFinetuningArguments()
-    clip = get_method("full").prepare(clip, finetuning, argparse.Namespace(do_train=True))
+    finetuning = classification_args()
+    clip = get_method("full")().prepare(clip, finetuning, argparse.Namespace(do_train=True))
     return ClipTaskModel(clip, ClassificationTask(CLASSES, ["a photo of a {}."], processor.tokenizer, False), spec)
 
 
@@ -252,8 +258,8 @@ def run_adapter_cache(opts, processor, data, size, device) -> dict:
     out = {}
     for cached in (False, True):
         clip = build_model(opts.tiny, opts.attn)
-        adapter_args = ClipFinetuningArguments(finetuning_type="adapter")
-        clip = get_method("adapter").prepare(clip, adapter_args, argparse.Namespace(do_train=True))
+        adapter_args = classification_args(finetuning_type="adapter")
+        clip = get_method("adapter")().prepare(clip, adapter_args, argparse.Namespace(do_train=True))
         spec = ImageSpec.from_processor(processor.image_processor, ClipDataArguments(image_size=size))
         task = ClassificationTask(CLASSES, ["a photo of a {}."], processor.tokenizer, False)
         model = ClipTaskModel(clip, task, spec).to(device)
@@ -274,13 +280,9 @@ def run_adapter_cache(opts, processor, data, size, device) -> dict:
         )
         timer = EpochTimer()
         start = time.perf_counter()
-        trainer = ClipTrainer(
-            model=model,
-            args=args,
-            train_dataset=data,
-            callbacks=[timer],
-            feature_cache_views=opts.views if cached else None,
-        )
+        trainer = ClipTrainer(model=model, args=args, train_dataset=data, callbacks=[timer])
+        if cached:  # what a run of a method with a frozen image tower does before training
+            trainer.train_dataset = cache_image_views(trainer, data, opts.views)
         build = time.perf_counter() - start
         trainer.train()
         epoch = statistics.median(timer.times[1:] or timer.times)
@@ -309,8 +311,8 @@ def run_methods(opts, processor, data, size, device) -> dict:
     for name in opts.methods.split(","):
         if name not in METHOD_ARGS:
             raise SystemExit(f"--methods: `{name}` is not one of {', '.join(METHOD_ARGS)}")
-        method_args = ClipFinetuningArguments(**METHOD_ARGS[name])
-        clip = get_method(method_args.finetuning_type).prepare(
+        method_args = classification_args(**METHOD_ARGS[name])
+        clip = get_method(method_args.finetuning_type)().prepare(
             build_model(opts.tiny, opts.attn), method_args, argparse.Namespace(do_train=True)
         )
         spec = ImageSpec.from_processor(processor.image_processor, ClipDataArguments(image_size=size))
@@ -348,7 +350,7 @@ def run_tip_shared(opts) -> dict:
         dataset="fashion_mnist_train", eval_dataset="fashion_mnist_test", dataset_dir=str(ROOT / "data")
     )
     full = load_clip_datasets(data_args, "classification", 0, processor.image_processor, processor.tokenizer)
-    clip = get_method("tip").prepare(build_model(True, opts.attn), ClipFinetuningArguments(), None)
+    clip = get_method("tip")().prepare(build_model(True, opts.attn), classification_args(), None)
 
     def part(dataset, classes):
         """The images of ``classes``, relabeled 0..len(classes)-1, with the eval transform."""

@@ -4,7 +4,7 @@ import pytest
 from conftest import TINY_CLIP, base_args
 
 from llamafactory.clip_finetune.hparams.model_args import resolve_backbone
-from llamafactory.clip_finetune.hparams.parser import get_clip_train_args
+from llamafactory.clip_finetune.train.arguments import get_clip_train_args
 
 
 def test_dict_args_parse_into_clip_and_trainer_dataclasses(tmp_path):

@@ -26,7 +26,7 @@ from llamafactory.clip_finetune.data import load_clip_datasets
 from llamafactory.clip_finetune.data.transforms import decode
 from llamafactory.clip_finetune.hparams import ClipDataArguments
 from llamafactory.clip_finetune.hparams.output_dir import checkpoint_problem
-from llamafactory.clip_finetune.hparams.parser import check_clip_args, get_clip_train_args
+from llamafactory.clip_finetune.train.arguments import check_clip_args, get_clip_train_args
 
 
 @pytest.fixture(scope="module")
@@ -406,7 +406,7 @@ def bias_names(tmp_path, **overrides):
         base_args(tmp_path, finetuning_type="bias", **overrides)
     )
     clip, _ = load_clip(model_args)
-    clip = get_method("bias").prepare(clip, finetuning_args, training_args)
+    clip = get_method("bias")().prepare(clip, finetuning_args, training_args)
     return {n for n, p in clip.named_parameters() if p.requires_grad}
 
 

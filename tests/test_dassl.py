@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from llamafactory.clip_finetune.dassl import DasslConfigError, translate_files
 from llamafactory.clip_finetune.dassl.translate import translate
 from llamafactory.clip_finetune.hparams import ClipFinetuningArguments
-from llamafactory.clip_finetune.hparams.parser import get_clip_train_args
+from llamafactory.clip_finetune.train.arguments import get_clip_train_args
 from llamafactory.clip_finetune.train.schedule import epoch_lr_scheduler
 
 

@@ -11,7 +11,7 @@ from conftest import DATA_DIR, TINY_CLIP
 
 from llamafactory.clip_finetune.dassl import DasslConfigError, translate_files
 from llamafactory.clip_finetune.dassl.__main__ import main
-from llamafactory.clip_finetune.hparams.parser import check_clip_args
+from llamafactory.clip_finetune.train.arguments import check_clip_args
 
 
 CLIP_INPUT = {

@@ -9,7 +9,8 @@ from conftest import DATA_DIR, TINY_CLIP, base_args
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from llamafactory.clip_finetune.hparams.parser import check_clip_args, valid_keys
+from llamafactory.clip_finetune.hparams.parser import valid_keys
+from llamafactory.clip_finetune.train.arguments import check_clip_args
 from llamafactory.clip_finetune.webui.options import DEFAULTS, FIELDS, FormError, build_args, validate
 
 

@@ -205,21 +205,21 @@ def test_task_model_zero_grad_clears_parts_set_after_the_first_call():
     model.clip.logit_scale.grad = torch.ones(())
     model.zero_grad()
     assert model.clip.logit_scale.grad is None
-    model.cache = torch.nn.Linear(2, 2)
-    model.cache.weight.grad = torch.ones(2, 2)
+    model.head = torch.nn.Linear(2, 2)
+    model.head.weight.grad = torch.ones(2, 2)
     model.clip.logit_scale.grad = torch.ones(())
     model.zero_grad()
-    assert model.cache.weight.grad is None and model.clip.logit_scale.grad is None
-    model.cache.weight.grad = torch.ones(2, 2)
+    assert model.head.weight.grad is None and model.clip.logit_scale.grad is None
+    model.head.weight.grad = torch.ones(2, 2)
     model.zero_grad(set_to_none=False)
-    assert torch.equal(model.cache.weight.grad, torch.zeros(2, 2))
+    assert torch.equal(model.head.weight.grad, torch.zeros(2, 2))
 
 
 def test_gather_rows_reassembles_rank_order_across_slices(monkeypatch):
     """Rank 0's view of a 2-rank gather of 7 rows (4 + 3, padded) in slices of one row: the same rows, in order."""
     import types
 
-    from llamafactory.clip_finetune.train import feature_cache
+    from llamafactory.clip_finetune.methods import feature_cache
 
     rows = torch.arange(7 * 3, dtype=torch.float32).view(7, 3)
     mine, theirs = (

@@ -11,14 +11,14 @@ from safetensors import safe_open
 from transformers import TrainerCallback
 
 from llamafactory.clip_finetune.methods.tip.cache import TipCache, search_alpha_beta, tip_search_grid
-from llamafactory.clip_finetune.tasks import ClassificationTask
+from llamafactory.clip_finetune.tasks import ClassificationTask, HeadScores
 
 
 class _Model:
-    """Just what ClassificationTask.logits reads: a logit scale and a cache."""
+    """Just what ClassificationTask.logits reads: a logit scale and a head (the cache)."""
 
     def __init__(self, cache, scale):
-        self.cache, self._scale = cache, torch.tensor(scale)
+        self.head, self._scale = cache, torch.tensor(scale)
 
     def logit_scale(self):
         return self._scale
@@ -41,6 +41,18 @@ def test_logits_match_the_formula():
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+def search_classes(clip_logits, affinity, values, labels, betas, alphas):
+    """The head search as classification poses it: columns are classes, each image's true column its label."""
+    problem = HeadScores(clip_logits, values, torch.arange(len(labels)), labels)
+    return search_alpha_beta(problem, affinity, betas, alphas, chunk=4)
+
+
+def search_captions(image_text, affinity, value_text, caption_image, betas, alphas, budget=2**24):
+    """The head search as image_to_text poses it: columns are captions, each image's true columns its captions."""
+    problem = HeadScores(image_text, value_text, caption_image, torch.arange(len(caption_image)))
+    return search_alpha_beta(problem, affinity, betas, alphas, chunk=4, budget=budget)
+
+
 def best_cell(metric, betas, alphas):
     """(score, alpha, beta) of the best grid cell by ``metric(alpha, beta)``; ties go to the first beta, then alpha,
     as the search breaks them."""
@@ -57,7 +69,7 @@ def test_vectorized_search_equals_a_loop_over_the_grid():
     clip_logits = 10 * f @ F.normalize(torch.randn(4, 8), dim=-1).t()
     labels = torch.randint(0, 4, (60,))
     betas, alphas = tip_search_grid([7, 3], [13, 5])
-    alpha, beta, accuracy = search_alpha_beta(clip_logits, f @ keys.t(), values, labels, betas, alphas, chunk=4)
+    alpha, beta, accuracy = search_classes(clip_logits, f @ keys.t(), values, labels, betas, alphas)
     best = best_cell(
         lambda a, b: (
             ((clip_logits + a * torch.exp(-b * (1 - f @ keys.t())) @ values).argmax(-1) == labels)
@@ -122,7 +134,7 @@ def test_tip_search_refuses_to_run_without_a_validation_split(tmp_path):
 class FirstStepKeys(TrainerCallback):
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if not hasattr(self, "keys"):
-            self.keys = model.cache.keys.detach().clone()
+            self.keys = model.head.keys.detach().clone()
 
 
 def test_tip_f_checkpoints_carry_the_learned_keys_and_resume_restores_them(tmp_path):
@@ -228,7 +240,6 @@ def test_affinity_powers_match_exp_for_even_and_uneven_betas():
 
 
 def test_image_to_text_search_equals_recall_at_1_over_the_grid():
-    from llamafactory.clip_finetune.methods.tip.cache import search_alpha_beta_i2t
     from llamafactory.clip_finetune.tasks.retrieval import recall_at_k
 
     g = torch.Generator().manual_seed(3)
@@ -240,8 +251,8 @@ def test_image_to_text_search_equals_recall_at_1_over_the_grid():
     own = torch.zeros(30, 8).index_add_(0, caption_image, texts)
     values = F.normalize(own[cached] + 0.3 * torch.randn(25, 8, generator=g), dim=-1)
     betas, alphas = tip_search_grid([7, 3], [11, 7])
-    alpha, beta, recall = search_alpha_beta_i2t(
-        f @ texts.t(), f @ keys.t(), values @ texts.t(), caption_image, betas, alphas, chunk=4, budget=300
+    alpha, beta, recall = search_captions(
+        f @ texts.t(), f @ keys.t(), values @ texts.t(), caption_image, betas, alphas, budget=300
     )
     grid = []
     for i, b in enumerate(betas):
@@ -291,7 +302,7 @@ def test_tip_search_refuses_a_validation_split_that_overlaps_the_cache(tmp_path)
 
 
 def test_a_compatible_reloaded_cache_encodes_no_image(tmp_path, monkeypatch):
-    from llamafactory.clip_finetune.train import feature_cache
+    from llamafactory.clip_finetune.methods import feature_cache
 
     run_exp(tip_args(tmp_path / "first", tip_search_best=False))
 
@@ -379,7 +390,7 @@ def test_search_counts_ties_as_the_evaluation_does():
     values = F.one_hot(torch.arange(12) % 2, 4).float()  # keys of classes 0 and 1 only
     labels = torch.randint(0, 2, (40,))
     betas, alphas = tip_search_grid([7, 3], [9, 5])
-    alpha, beta, accuracy = search_alpha_beta(clip_logits, f @ keys.t(), values, labels, betas, alphas, chunk=4)
+    alpha, beta, accuracy = search_classes(clip_logits, f @ keys.t(), values, labels, betas, alphas)
     best = best_cell(
         lambda a, b: (
             topk_hits(clip_logits + a * torch.exp(-b * (1 - f @ keys.t())) @ values, labels, (1,))[1].mean().item()
@@ -392,7 +403,6 @@ def test_search_counts_ties_as_the_evaluation_does():
 
 
 def test_image_to_text_search_counts_duplicate_captions_as_the_evaluation_does():
-    from llamafactory.clip_finetune.methods.tip.cache import search_alpha_beta_i2t
     from llamafactory.clip_finetune.tasks.retrieval import recall_at_k
 
     g = torch.Generator().manual_seed(5)
@@ -403,8 +413,8 @@ def test_image_to_text_search_counts_duplicate_captions_as_the_evaluation_does()
     keys = F.normalize(f[:6] + 0.5 * torch.randn(6, 8, generator=g), dim=-1)
     values = F.normalize(texts[0:12:2] + 0.3 * torch.randn(6, 8, generator=g), dim=-1)
     betas, alphas = tip_search_grid([7, 3], [9, 5])
-    alpha, beta, recall = search_alpha_beta_i2t(
-        f @ texts.t(), f @ keys.t(), values @ texts.t(), caption_image, betas, alphas, chunk=4
+    alpha, beta, recall = search_captions(
+        f @ texts.t(), f @ keys.t(), values @ texts.t(), caption_image, betas, alphas
     )
     best = best_cell(
         lambda a, b: recall_at_k(ImageToTextQuery(keys, values, a.item(), b.item())(f) @ texts.t(), caption_image)[

@@ -96,9 +96,9 @@ def test_the_optimizer_holds_the_model_the_trainer_prepared_first(tmp_path, clip
     """FSDP (v1) makes the Trainer prepare the model first and call ``create_optimizer(model)`` with it: the
     optimizer must hold that module's parameters (a signature without ``model`` raised TypeError on every FSDP run)."""
     from llamafactory.clip_finetune.data import load_clip_datasets
-    from llamafactory.clip_finetune.hparams.parser import check_clip_args
     from llamafactory.clip_finetune.model import ClipTaskModel, load_clip
     from llamafactory.clip_finetune.tasks import ClassificationTask
+    from llamafactory.clip_finetune.train.arguments import check_clip_args
     from llamafactory.clip_finetune.train.trainer import ClipTrainer
 
     overrides = {"clip_optim": clip_optim} if clip_optim else {}

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ..data.templates import COOP_TEMPLATES
+from ..hparams import ClipFinetuningArguments, choices
 from ..hparams.model_args import resolve_backbone
 
 
@@ -154,9 +155,13 @@ def _to(key: str, kind: Callable[[Any], Any]) -> tuple[Callable[[Any], Any], Rul
     return kind, lambda t, v, path: t.set(key, v, path)
 
 
+def _one_of(value: str, options: list[str], path: str) -> None:
+    if value not in options:
+        raise DasslConfigError(f"{path}: `{value}` is not one of {', '.join(options)}.")
+
+
 def _optim_name(t: Translation, value: str, path: str) -> None:
-    if value not in ("sgd", "adam", "adamw", "rmsprop"):
-        raise DasslConfigError(f"{path}: `{value}` is not one of sgd, adam, adamw, rmsprop.")
+    _one_of(value, choices(ClipFinetuningArguments, "clip_optim"), path)
     t.set("clip_optim", value, path)
 
 
@@ -265,8 +270,7 @@ def _unused(reason: str) -> tuple[Callable[[Any], Any], Rule]:
 
 
 def _adapter_target(t: Translation, value: str, path: str) -> None:
-    if value not in ("vision", "text", "both"):
-        raise DasslConfigError(f"{path}: `{value}` is not one of vision, text, both.")
+    _one_of(value, choices(ClipFinetuningArguments, "adapter_target"), path)
     _method_key("adapter", "adapter_target")(t, value, path)
 
 

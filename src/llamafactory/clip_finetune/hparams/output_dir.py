@@ -207,3 +207,53 @@ def lock_output_dir(output_dir: str) -> None:
     handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
     handle.flush()
     _held[key] = handle
+
+
+def check_output_dir(model_args, data_args, training_args, finetuning_args, required: tuple[str, ...]) -> None:
+    """Resume only the same run from its last whole checkpoint; never write into another run's folder.
+    ``required``: the files besides the Trainer's that the method's checkpoints hold."""
+    output_dir = training_args.output_dir
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output_dir: `{output_dir}` is a file, not a folder; choose a folder for the run.")
+    if not os.path.isdir(output_dir) or training_args.overwrite_output_dir:
+        return
+    others = sorted(name for name in os.listdir(output_dir) if not is_bookkeeping(name))
+    fixes = "Choose a new output_dir, or set overwrite_output_dir: true to replace that run."
+    if not training_args.do_train:
+        if others:
+            raise ValueError(
+                f"output_dir: `{output_dir}` already holds a run ({', '.join(others[:5])}); an evaluation would "
+                f"replace its results. {fixes}"
+            )
+        return
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is not None:
+        problem = checkpoint_problem(checkpoint, required) if os.path.isdir(checkpoint) else "it is not a folder"
+        if problem:
+            raise ValueError(f"resume_from_checkpoint: cannot resume from `{checkpoint}`: {problem}.")
+        if os.path.realpath(os.path.dirname(checkpoint)) != os.path.realpath(output_dir):
+            return  # a checkpoint from elsewhere, named explicitly: its folder's record is not ours to check
+    else:
+        checkpoint = last_complete_checkpoint(output_dir, required)
+        if checkpoint is None:
+            if others:
+                raise ValueError(
+                    f"output_dir: `{output_dir}` already holds files of another run ({', '.join(others[:5])}) and "
+                    f"no complete checkpoint to resume. {fixes}"
+                )
+            return
+    saved, current = read_record(checkpoint), run_record(model_args, data_args, training_args, finetuning_args)
+    length = record_differences(saved, current, LENGTH_KEYS)
+    others = sorted((set(saved) | set(current)) - set(LENGTH_KEYS))
+    differences = record_differences(saved, current, others)
+    if differences:
+        raise ValueError(
+            f"output_dir: `{output_dir}` holds a run started with other arguments; resuming it would mix the two "
+            f"({'; '.join(differences)}). {fixes}"
+        )
+    training_args.resume_from_checkpoint = checkpoint
+    logger.info_rank0(f"Resuming training from {checkpoint} (set overwrite_output_dir: true to start over).")
+    if length:
+        logger.warning_rank0(
+            f"The resumed run's length changed ({'; '.join(length)}): its schedule follows the new one."
+        )

@@ -1,6 +1,9 @@
 """One registry from ``finetuning_type`` to a method: what trains, on top of any task."""
 
+import dataclasses
+
 from .adapter import AdapterMethod
+from .base import Method, Run
 from .bias import BiasMethod
 from .full import FullMethod
 from .lora import LoraMethod
@@ -8,28 +11,38 @@ from .prompt import PromptMethod
 from .tip import TipMethod
 
 
-METHODS = {
-    "full": FullMethod,
-    "bias": BiasMethod,
-    "lora": LoraMethod,
-    "adapter": AdapterMethod,
-    "prompt": PromptMethod,
-    "tip": TipMethod,
+METHODS: dict[str, type[Method]] = {
+    method.name: method for method in (FullMethod, BiasMethod, LoraMethod, AdapterMethod, PromptMethod, TipMethod)
 }
 
 
-def get_method(finetuning_type: str):
+def get_method(finetuning_type: str) -> type[Method]:
     if finetuning_type not in METHODS:
         raise ValueError(f"finetuning_type: `{finetuning_type}` is not one of {sorted(METHODS)}.")
-    return METHODS[finetuning_type]()
+    return METHODS[finetuning_type]
 
 
-def checkpoint_files(finetuning_args) -> tuple[str, ...]:
-    """What a checkpoint of this run must hold besides the Trainer's files: the method's state, ABS's selection."""
-    from .abs import SELECTION_FILE
+def check_method_args(args: tuple, task: type) -> type[Method]:
+    """What holds for every method, then the method's own checks and defaults; returns the method."""
+    _, _, training_args, f = args
+    method = get_method(f.finetuning_type)
+    defaults = {field.name: field for field in dataclasses.fields(f)}
+    for other in METHODS.values():
+        if other is method:
+            continue
+        for key, why in other.own_keys.items():
+            field = defaults[key]
+            default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+            if getattr(f, key) != default:
+                reason = why.format(method=method.name) if why else f"this run's finetuning_type is {method.name}"
+                raise ValueError(f"{key} applies to {other.name}: {reason}; remove it or change finetuning_type.")
+    if f.abs and not method.selectable:
+        usable = sorted(name for name, m in METHODS.items() if m.selectable)
+        raise ValueError(f"abs selects among existing weights: use it with {' or '.join(usable)}, not {method.name}.")
+    if training_args.ddp_find_unused_parameters is None:
+        training_args.ddp_find_unused_parameters = method.stops_gradients(f)
+    method.check(args, task)
+    return method
 
-    files = get_method(finetuning_args.finetuning_type).checkpoint_files(finetuning_args)
-    return files + ((SELECTION_FILE,) if finetuning_args.abs else ())
 
-
-__all__ = ["METHODS", "checkpoint_files", "get_method"]
+__all__ = ["METHODS", "Method", "Run", "check_method_args", "get_method"]

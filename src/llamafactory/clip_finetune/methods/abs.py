@@ -21,7 +21,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ..hparams.output_dir import write_json_atomic
-from .base import log_trainable
+from .base import Method, Run, log_trainable
 
 
 logger = logging.get_logger(__name__)
@@ -176,13 +176,29 @@ def freeze_to(model: nn.Module, kept: list[str]) -> None:
                 param.requires_grad_(False)
 
 
-def abs_callback(clip: nn.Module, finetuning_args: Any, training_args: Any) -> AbsCallback:
-    """Resuming from a checkpoint written after the selection re-freezes before the optimizer is built."""
-    kept = load_selection(training_args.resume_from_checkpoint)
-    if kept is not None:
-        freeze_to(clip, kept)
-        logger.info_rank0(f"abs: resumed after the selection; {len(kept)} units train.")
-    return AbsCallback(clip, finetuning_args, kept)
+class SelectableMethod(Method):
+    """A method whose trainable weights ABS may select among (``abs: true``): this option owns ABS's callback, its
+    checkpoint state and the DDP setting it needs."""
+
+    selectable = True
+
+    @classmethod
+    def stops_gradients(cls, finetuning_args: Any) -> bool:
+        return finetuning_args.abs  # frozen units leave the graph mid-run: DDP must look for unused parameters
+
+    def callbacks(self, run: Run) -> list[TrainerCallback]:
+        """Resuming from a checkpoint written after the selection re-freezes before the optimizer is built."""
+        if not (run.finetuning_args.abs and run.training_args.do_train):
+            return super().callbacks(run)
+        clip = run.model.clip
+        kept = load_selection(run.training_args.resume_from_checkpoint)
+        if kept is not None:
+            freeze_to(clip, kept)
+            logger.info_rank0(f"abs: resumed after the selection; {len(kept)} units train.")
+        return [*super().callbacks(run), AbsCallback(clip, run.finetuning_args, kept)]
+
+    def checkpoint_files(self, finetuning_args: Any) -> tuple[str, ...]:
+        return super().checkpoint_files(finetuning_args) + ((SELECTION_FILE,) if finetuning_args.abs else ())
 
 
 def load_selection(checkpoint: str | None) -> list[str] | None:

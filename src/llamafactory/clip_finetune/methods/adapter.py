@@ -9,6 +9,17 @@ from .base import PeftMethod
 
 class AdapterMethod(PeftMethod):
     name = "adapter"
+    own_keys = {"adapter_reduction": "", "adapter_ratio": "", "adapter_target": ""}
+
+    @classmethod
+    def check(cls, args: tuple, task: Any) -> None:
+        f = args[3]
+        if f.adapter_reduction < 1:
+            raise ValueError(f"adapter_reduction must be at least 1, got {f.adapter_reduction}.")
+        if not 0 <= f.adapter_ratio <= 1:
+            raise ValueError(
+                f"adapter_ratio must be in [0, 1] (the adapted share of the feature), got {f.adapter_ratio}."
+            )
 
     def peft_config(self, finetuning_args: Any) -> ClipAdapterConfig:
         return ClipAdapterConfig(

@@ -1,12 +1,43 @@
-"""What every method shares: freezing, and the trainable-parameter report."""
+"""What a method is: its checks and defaults, which modules train, its callbacks, its checkpoint state, how its run
+goes and what it exports. The pipeline (``train.workflow``) calls these and names no method."""
 
-from typing import Any
+import json
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from llamafactory.extras import logging
+from llamafactory.extras.ploting import plot_loss
 from torch import nn
+
+from .feature_cache import cache_image_views, image_tower_frozen
+
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import TrainingArguments
+    from transformers import Trainer, TrainerCallback
+
+    from ..data import ClipDatasets
+    from ..hparams import ClipDataArguments, ClipFinetuningArguments, ClipModelArguments
+    from ..model import ClipTaskModel
+    from ..tasks import Task
 
 
 logger = logging.get_logger(__name__)
+
+
+@dataclass
+class Run:
+    """What the pipeline assembled for one run; a method reads what it needs from it."""
+
+    model_args: "ClipModelArguments"
+    data_args: "ClipDataArguments"
+    training_args: "TrainingArguments"
+    finetuning_args: "ClipFinetuningArguments"
+    datasets: "ClipDatasets"
+    processor: Any
+    model: "ClipTaskModel"
+    trainer: "Trainer | None" = None  # set once the Trainer is built (it receives the method's callbacks)
 
 
 def set_trainable(module: nn.Module, trainable: bool) -> None:
@@ -24,7 +55,7 @@ def log_trainable(model: nn.Module) -> None:
     logger.debug("trainable parameters: " + ", ".join(n for n, p in model.named_parameters() if p.requires_grad))
 
 
-def tower_modules(clip: nn.Module, finetuning_args: Any) -> list[nn.Module]:
+def tower_modules(clip: nn.Module, finetuning_args: "ClipFinetuningArguments") -> list[nn.Module]:
     """The towers a method may train: the image tower unless frozen, the text tower unless frozen."""
     modules = []
     if not finetuning_args.freeze_vision_tower:
@@ -34,20 +65,83 @@ def tower_modules(clip: nn.Module, finetuning_args: Any) -> list[nn.Module]:
     return modules
 
 
+def train(trainer: "Trainer", checkpoint: str | None) -> Any:
+    """``trainer.train``; a resume from the run's last checkpoint trains no step and reports no train loss."""
+    start = None
+    if checkpoint is not None:
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+            start = json.load(f)["global_step"]
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.state.global_step == start:
+        result.metrics.pop("train_loss", None)
+        logger.warning_rank0(f"{checkpoint} is the run's last step: nothing left to train.")
+    return result
+
+
+def report(trainer: "Trainer", metrics: dict[str, float]) -> None:
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+
+
 class Method:
-    """``prepare`` receives the loaded CLIPModel and returns the module to train (the same or a PEFT wrapper)."""
+    """One ``finetuning_type``. Subclasses set ``name`` and implement ``prepare``; the rest has defaults."""
 
-    name = ""
+    name: ClassVar[str] = ""
+    # keys only this method reads -> why another method cannot use them ("" for the plain message); setting one
+    # for another method is an error, so that nothing is silently ignored
+    own_keys: ClassVar[dict[str, str]] = {}
+    # whether Angle-Based Selection (``abs: true``) may run on top: it selects among the method's trainable weights
+    selectable: ClassVar[bool] = False
+    # with a frozen image tower, the default run caches its features per augmented view (``feature_cache``)
+    caches_features: ClassVar[bool] = True
 
-    def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
+    @classmethod
+    def stops_gradients(cls, finetuning_args: "ClipFinetuningArguments") -> bool:
+        """Whether some trainable parameters stop receiving gradients mid-run (DDP must then find unused ones)."""
+        return False
+
+    @classmethod
+    def check(cls, args: tuple, task: "type[Task]") -> None:
+        """Argument checks and stage defaults of this method, run while parsing (model_args, data_args,
+        training_args, finetuning_args), after the task's."""
+
+    def prepare(
+        self, clip: nn.Module, finetuning_args: "ClipFinetuningArguments", training_args: "TrainingArguments"
+    ) -> nn.Module:
+        """Receives the loaded CLIPModel and returns the module to train (the same, or a PEFT wrapper)."""
         raise NotImplementedError
 
-    def checkpoint_files(self, finetuning_args: Any) -> tuple[str, ...]:
+    def callbacks(self, run: Run) -> list["TrainerCallback"]:
+        """Callbacks the Trainer is built with."""
+        return []
+
+    def checkpoint_files(self, finetuning_args: "ClipFinetuningArguments") -> tuple[str, ...]:
         """Files of the method's own state that every checkpoint of it must hold to be resumed."""
         return ()
 
+    def run(self, run: Run) -> None:
+        """Training: cache a frozen image tower's features, train, save, export, report and plot."""
+        args, trainer = run.training_args, run.trainer
+        if not args.do_train:
+            return
+        f = run.finetuning_args
+        if self.caches_features and f.feature_cache and image_tower_frozen(run.model.clip):
+            trainer.train_dataset = cache_image_views(trainer, trainer.train_dataset, f.feature_cache_views)
+        result = train(trainer, args.resume_from_checkpoint)
+        trainer.save_model()
+        if trainer.is_world_process_zero():
+            self.export(run)
+        report(trainer, result.metrics)
+        trainer.save_state()
+        if trainer.is_world_process_zero() and f.plot_loss:
+            metric = f"eval_{run.model.task.main_metric}"
+            plot_loss(args.output_dir, keys=["loss"] + ([metric] if args.eval_strategy != "no" else []))
+
+    def export(self, run: Run) -> None:
+        """Extra artifacts after training (rank 0 only), beside the saved model."""
+
     @staticmethod
-    def check_trainable(clip: nn.Module, training_args: Any, why: str = "both towers are frozen") -> None:
+    def check_trainable(clip: nn.Module, training_args: "TrainingArguments", why: str = "both towers are frozen"):
         if training_args.do_train and not any(p.requires_grad for p in clip.parameters()):
             raise ValueError(f"Nothing to train: {why}.")
 
@@ -55,10 +149,12 @@ class Method:
 class PeftMethod(Method):
     """A method whose new layers PEFT owns: ``peft_config`` says which; everything else is frozen by PEFT."""
 
-    def peft_config(self, finetuning_args: Any) -> Any:
+    def peft_config(self, finetuning_args: "ClipFinetuningArguments") -> Any:
         raise NotImplementedError
 
-    def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
+    def prepare(
+        self, clip: nn.Module, finetuning_args: "ClipFinetuningArguments", training_args: "TrainingArguments"
+    ) -> nn.Module:
         from peft import get_peft_model
 
         return get_peft_model(clip, self.peft_config(finetuning_args))

@@ -5,7 +5,8 @@ from typing import Any
 from llamafactory.extras import logging
 from torch import nn
 
-from .base import Method, set_trainable, tower_modules
+from .abs import SelectableMethod
+from .base import set_trainable, tower_modules
 
 
 logger = logging.get_logger(__name__)
@@ -20,8 +21,9 @@ def is_selected_bias(name: str, include: Any, exclude: Any) -> bool:
     return not (exclude and any(term in name for term in exclude))
 
 
-class BiasMethod(Method):
+class BiasMethod(SelectableMethod):
     name = "bias"
+    own_keys = {"bias_terms": "", "bias_terms_exclude": ""}
 
     def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
         """Names are matched in full, as ``clip.named_parameters()`` prints them (``vision_model.encoder...``)."""

@@ -1,13 +1,14 @@
-"""Full finetuning: every weight of the chosen towers trains."""
+"""Full finetuning: every weight of the chosen towers trains (ABS may select among them)."""
 
 from typing import Any
 
 from torch import nn
 
-from .base import Method, set_trainable, tower_modules
+from .abs import SelectableMethod
+from .base import set_trainable, tower_modules
 
 
-class FullMethod(Method):
+class FullMethod(SelectableMethod):
     name = "full"
 
     def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:

@@ -3,10 +3,14 @@
 import re
 from typing import Any
 
+from llamafactory.extras import logging
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from .base import PeftMethod
+from .base import PeftMethod, Run
+
+
+logger = logging.get_logger(__name__)
 
 
 TOWER_PREFIXES = {"vision": "vision_model", "text": "text_model"}
@@ -21,6 +25,22 @@ def lora_target_pattern(targets: list[str], towers: list[str]) -> str:
 
 class LoraMethod(PeftMethod):
     name = "lora"
+    own_keys = {
+        "lora_rank": "",
+        "lora_alpha": "",
+        "lora_dropout": "",
+        "lora_target": "",
+        "export_merged": "{method} adds new computation (an adapter or prompts) that a plain CLIP checkpoint cannot "
+        "hold; load it with PeftModel.from_pretrained instead",
+    }
+
+    @classmethod
+    def check(cls, args: tuple, task: Any) -> None:
+        f = args[3]
+        if f.lora_rank < 1:
+            raise ValueError(f"lora_rank must be at least 1 (the rank of the update matrices), got {f.lora_rank}.")
+        if not 0 <= f.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {f.lora_dropout}.")
 
     def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
         config = self.peft_config(finetuning_args)  # its own errors pass through unchanged
@@ -47,3 +67,17 @@ class LoraMethod(PeftMethod):
             lora_dropout=finetuning_args.lora_dropout,
             target_modules=lora_target_pattern(targets, towers),
         )
+
+    def export(self, run: Run) -> None:
+        """``export_merged``: LoRA folded into the base weights, a standalone checkpoint that
+        ``CLIPModel.from_pretrained`` loads, in output_dir/merged."""
+        if not run.finetuning_args.export_merged:
+            return
+        import copy
+        import os
+
+        path = os.path.join(run.training_args.output_dir, "merged")
+        merged = copy.deepcopy(run.model.clip).merge_and_unload()
+        merged.save_pretrained(path)
+        run.processor.save_pretrained(path)
+        logger.info_rank0(f"Merged LoRA into the base weights: {path}")

@@ -8,6 +8,17 @@ from .base import PeftMethod
 
 class PromptMethod(PeftMethod):
     name = "prompt"
+    own_keys = {"prompt_length": "", "prompt_deep": "", "prompt_dropout": "", "prompt_project": ""}
+
+    @classmethod
+    def check(cls, args: tuple, task: Any) -> None:
+        f = args[3]
+        if f.prompt_length < 1:
+            raise ValueError(f"prompt_length must be at least 1, got {f.prompt_length}.")
+        if not 0 <= f.prompt_dropout < 1:
+            raise ValueError(f"prompt_dropout must be in [0, 1), got {f.prompt_dropout}.")
+        if f.prompt_project is not None and f.prompt_project < 1:
+            raise ValueError(f"prompt_project must be a positive width, got {f.prompt_project}.")
 
     def peft_config(self, finetuning_args: Any) -> ClipVptConfig:
         return ClipVptConfig(

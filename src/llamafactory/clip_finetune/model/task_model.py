@@ -26,7 +26,7 @@ class ClipTaskModel(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         self._mode_set: bool | None = None
         self._params: list[nn.Parameter] | None = None  # flat parameter list for zero_grad
-        self.cache: nn.Module | None = None  # a head on the image features (Tip-Adapter's cache), set by the method
+        self.head: nn.Module | None = None  # a head on the image features that a method installs (Tip-Adapter)
 
     def __setattr__(self, name: str, value) -> None:
         super().__setattr__(name, value)

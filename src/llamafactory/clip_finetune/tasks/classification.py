@@ -2,22 +2,26 @@
 as a random order: see ``ranking``)."""
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import HeadScores, Task
 from .ranking import topk_hits
 
 
-class ClassificationTask(nn.Module):
+class ClassificationTask(Task):
     """Class text features are the prompt ensemble: normalize each template's feature, average, normalize.
 
     With a frozen text tower they are computed once (``setup``); otherwise every step, with gradients.
     """
 
-    name = "classification"
+    name: ClassVar[str] = "classification"
+    main_metric: ClassVar[str] = "accuracy"
+    has_classes: ClassVar[bool] = True
+    text_frozen_by_default: ClassVar[bool] = True
 
     def __init__(self, classnames: list[str], templates: list[str], tokenizer: Any, text_trainable: bool):
         super().__init__()
@@ -29,6 +33,11 @@ class ClassificationTask(nn.Module):
         self.register_buffer("prompt_ids", tokens["input_ids"], persistent=False)
         self.register_buffer("prompt_mask", tokens["attention_mask"], persistent=False)
         self.register_buffer("class_features", torch.empty(0), persistent=False)
+
+    @classmethod
+    def build(cls, datasets: Any, tokenizer: Any, clip: nn.Module) -> "ClassificationTask":
+        text_trainable = any(p.requires_grad for n, p in clip.named_parameters() if "text_" in n)
+        return cls(datasets.classnames, datasets.templates, tokenizer, text_trainable)
 
     def encode_classes(self, model: nn.Module) -> torch.Tensor:
         feats = model.encode_texts(self.prompt_ids, self.prompt_mask)
@@ -49,7 +58,7 @@ class ClassificationTask(nn.Module):
     @staticmethod
     def logits(model: nn.Module, image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         logits = model.logit_scale() * image @ weights.to(image.dtype).t()
-        return logits if model.cache is None else logits + model.cache(image)
+        return logits if model.head is None else logits + model.head(image)
 
     def forward(
         self, model: nn.Module, pixel_values: torch.Tensor, labels=None, pooled=None, **_: Any
@@ -75,3 +84,14 @@ class ClassificationTask(nn.Module):
             for k, value in zip(hits, gather(tuple(found.values())), strict=True):
                 hits[k].append(value)
         return {"accuracy": torch.cat(hits[1]).mean().item(), "top5_accuracy": torch.cat(hits[5]).mean().item()}
+
+    def head_values(self, model: nn.Module, train: Any) -> torch.Tensor:
+        """One-hot labels: a head's cached keys vote for their images' classes."""
+        return F.one_hot(train.labels, len(self.classnames)).float()
+
+    def head_scores(
+        self, model: nn.Module, features: torch.Tensor, labels: torch.Tensor | None, dataset: Any, values: torch.Tensor
+    ) -> HeadScores:
+        """Columns are the classes; each image's true column is its label (the objective: accuracy)."""
+        base = model.logit_scale().float() * features @ self.class_features.t()
+        return HeadScores(base, values, torch.arange(len(labels), device=labels.device), labels)

@@ -1,12 +1,13 @@
 """Image-to-text retrieval: symmetric InfoNCE on image-caption batches, Recall@1/5/10 both ways."""
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import HeadScores, Task
 from .ranking import hit_probability, ranks_against
 
 
@@ -44,8 +45,23 @@ def recall_at_k(sims: torch.Tensor, caption_image: torch.Tensor, chunk: int = 10
     return metrics
 
 
-class ImageToTextTask(nn.Module):
-    name = "image_to_text"
+class ImageToTextTask(Task):
+    name: ClassVar[str] = "image_to_text"
+    main_metric: ClassVar[str] = "i2t_r1"
+    has_classes: ClassVar[bool] = False
+    text_frozen_by_default: ClassVar[bool] = False
+
+    @classmethod
+    def check(cls, data_args: Any, finetuning_args: Any) -> None:
+        super().check(data_args, finetuning_args)
+        if data_args.num_shots is not None:
+            raise ValueError("num_shots applies to classification (K images per class); remove it for image_to_text.")
+        if data_args.subsample_classes != "all":
+            raise ValueError("subsample_classes applies to classification.")
+
+    @classmethod
+    def build(cls, datasets: Any, tokenizer: Any, clip: nn.Module) -> "ImageToTextTask":
+        return cls()
 
     def forward(
         self, model: nn.Module, pixel_values: torch.Tensor, input_ids=None, attention_mask=None, pooled=None, **_: Any
@@ -61,12 +77,9 @@ class ImageToTextTask(nn.Module):
 
     @staticmethod
     def query(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
-        """With a cache (Tip-Adapter), the query moves toward the caption features of similar training images:
-        normalize(f + alpha * A V_text)."""
-        return image if model.cache is None else F.normalize(image + model.cache(image), dim=-1)
-
-    def setup(self, model: nn.Module) -> None:
-        return None
+        """With a head (Tip-Adapter's cache), the query moves toward the caption features of similar training
+        images: normalize(f + alpha * A V_text)."""
+        return image if model.head is None else F.normalize(image + model.head(image), dim=-1)
 
     @torch.no_grad()
     def evaluate(
@@ -77,3 +90,23 @@ class ImageToTextTask(nn.Module):
         )
         texts = model.encode_texts(dataset.input_ids, dataset.attention_mask).float()
         return recall_at_k(images @ texts.t(), dataset.caption_image)
+
+    @torch.no_grad()
+    def head_values(self, model: nn.Module, train: Any) -> torch.Tensor:
+        """Each image's mean caption feature (frozen text tower), normalized."""
+        texts = model.encode_texts(train.input_ids, train.attention_mask).float()
+        owner = train.caption_image.to(texts.device)
+        summed = torch.zeros(len(train), texts.shape[1], device=texts.device).index_add_(0, owner, texts)
+        return F.normalize(summed, dim=-1)
+
+    @torch.no_grad()
+    def head_scores(
+        self, model: nn.Module, features: torch.Tensor, labels: torch.Tensor | None, dataset: Any, values: torch.Tensor
+    ) -> HeadScores:
+        """Columns are the captions; an image's true columns are its own captions (the objective: i2t Recall@1).
+        The query f + alpha A V is normalized before scoring, which does not change an image's ranking."""
+        texts = model.encode_texts(dataset.input_ids, dataset.attention_mask).float()
+        owner = dataset.caption_image.to(features.device)
+        return HeadScores(
+            features @ texts.t(), values @ texts.t(), owner, torch.arange(len(owner), device=owner.device)
+        )

@@ -8,15 +8,15 @@ from typing import Any
 import torch
 from accelerate.utils import DistributedType
 from llamafactory.extras import logging
-from peft import PeftModel, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.datasets import CachedViewsDataset, collated
 from ..hparams.output_dir import RUN_RECORD, write_json_atomic
-from .feature_cache import cache_image_views
 from .schedule import epoch_lr_scheduler
 
 
@@ -31,39 +31,34 @@ OPTIM_LOGGED = ("lr", "betas", "eps", "weight_decay", "momentum", "dampening", "
 class ClipTrainer(Trainer):
     """``self.model`` is a ``ClipTaskModel``; what gets saved is its ``clip`` (loadable by ``CLIPModel``)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        optim_args: Any = None,
-        feature_cache_views: int | None = None,
-        run_record: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ):
+    def __init__(self, *args: Any, optim_args: Any = None, run_record: dict[str, Any] | None = None, **kwargs: Any):
         self.optim_args = optim_args
         self.run_record = run_record
         super().__init__(*args, **kwargs)
-        self.model.task.setup(self.model)
-        if feature_cache_views and self.train_dataset is not None:
-            self.train_dataset = cache_image_views(self, self.train_dataset, feature_cache_views)
 
     def get_train_dataloader(self):
         """Cached features are in memory and gathered a batch at a time: no loader workers (they would only add
         pickling and start-up), no per-item collation, and no pinning (features kept on the GPU need none)."""
-        if not isinstance(self.train_dataset, CachedViewsDataset):
+        dataset = self.train_dataset
+        if not isinstance(dataset, CachedViewsDataset):
             return super().get_train_dataloader()
-        args = self.args
-        saved = args.dataloader_num_workers, args.remove_unused_columns, args.dataloader_pin_memory, self.data_collator
-        args.dataloader_num_workers, args.remove_unused_columns, self.data_collator = 0, False, collated
-        args.dataloader_pin_memory = saved[2] and self.train_dataset.features.device.type == "cpu"
-        try:
-            return super().get_train_dataloader()
-        finally:
-            (
-                args.dataloader_num_workers,
-                args.remove_unused_columns,
-                args.dataloader_pin_memory,
-                self.data_collator,
-            ) = saved
+        loader = DataLoader(
+            dataset,
+            batch_size=self._train_batch_size,
+            sampler=self._get_train_sampler(dataset),
+            collate_fn=collated,
+            drop_last=self.args.dataloader_drop_last,
+            pin_memory=self.args.dataloader_pin_memory and dataset.features.device.type == "cpu",
+        )
+        return self.accelerator.prepare(loader)
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch, as the Trainer counts them: the loader's batches on one rank (the sampler
+        splits the dataset across ranks, padding the last batch unless it is dropped) over the accumulation."""
+        batch, world = self._train_batch_size, self.args.world_size
+        size = len(self.train_dataset)
+        batches = size // (batch * world) if self.args.dataloader_drop_last else math.ceil(size / (batch * world))
+        return max(math.ceil(batches / self.args.gradient_accumulation_steps), 1)
 
     def create_optimizer(self, model: torch.nn.Module | None = None):
         """``clip_optim``: Dassl's optimizers, weight decay on every trainable parameter as Dassl does. ``model``: the
@@ -95,8 +90,7 @@ class ClipTrainer(Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if not getattr(self.optim_args, "epoch_lr_schedule", False) or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
-        # optimizer steps per epoch, rounded up as the Trainer counts them; T is the run's length in epochs
-        steps_per_epoch = max(math.ceil(len(self.get_train_dataloader()) / self.args.gradient_accumulation_steps), 1)
+        steps_per_epoch = self.steps_per_epoch()  # T is the run's length in epochs
         total_epochs = max(math.ceil(num_training_steps / steps_per_epoch), 1)
         schedule = "cosine" if self.args.lr_scheduler_type == "cosine" else "constant"
         self.lr_scheduler = epoch_lr_scheduler(
@@ -157,8 +151,10 @@ class ClipTrainer(Trainer):
             adapter = os.path.join(resume_from_checkpoint, SAFE_ADAPTER)
             if not os.path.isfile(adapter):
                 raise ValueError(f"resume_from_checkpoint: `{resume_from_checkpoint}` holds no {SAFE_ADAPTER}.")
-            result = set_peft_model_state_dict(clip, load_file(adapter))
-            missing = [k for k in result.missing_keys if any(p in k for p in ("lora_", "clip_adapter_", "clip_vpt_"))]
+            saved = load_file(adapter)
+            # what the adapter's state holds for this model, in the saved file's naming (as PEFT saves it)
+            missing = sorted(set(get_peft_model_state_dict(clip)) - set(saved))
+            result = set_peft_model_state_dict(clip, saved)
             if result.unexpected_keys or missing:
                 raise ValueError(
                     f"{adapter} does not match this adapter (missing {missing[:5]}, "

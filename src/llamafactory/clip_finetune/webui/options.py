@@ -13,12 +13,16 @@ from typing import Any
 import yaml
 
 from ..data.dataset_info import get_dataset_attr, get_dataset_attrs, read_dataset_info
+from ..hparams import ClipFinetuningArguments, choices
+from ..methods import METHODS as METHOD_REGISTRY
+from ..tasks import TASKS as TASK_REGISTRY
 from .locales import CLIP_LOCALES, alert
 
 
 PRESETS = ["openai/clip-vit-base-patch16", "openai/clip-vit-base-patch32", "openai/clip-vit-large-patch14"]
-TASKS = ["classification", "image_to_text"]
-METHODS = ["full", "bias", "prompt", "adapter", "tip", "lora"]
+TASKS = list(TASK_REGISTRY)
+METHODS = list(METHOD_REGISTRY)
+ADAPTER_TARGETS = choices(ClipFinetuningArguments, "adapter_target")
 SCHEDULERS = ["cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
 PRECISIONS = ["fp32", "bf16", "fp16"]
 ARGS_FILE = "training_args.yaml"  # what the tab writes into output_dir, as LLaMA Board does
@@ -50,8 +54,7 @@ COMMON = {
     "clip_output_dir": "output_dir",
 }
 ABS_KEYS = ["abs", "abs_keep", "abs_warmup_epochs", "abs_top"]
-# method -> its option groups, each a list of stage keys (the field of key k is `clip_<k>`)
-METHOD_GROUPS = {
+GROUPS = {
     "full": ["abs"],
     "bias": ["bias", "abs"],
     "prompt": ["prompt"],
@@ -75,6 +78,11 @@ GROUPS = {
         "tip_new_dataset",
     ],
     "lora": ["lora_rank", "lora_alpha", "lora_dropout", "lora_target"],
+}
+# method -> its option groups: its own group (when the form has one), and ABS's where ABS may run on top
+METHOD_GROUPS = {
+    name: [group for group in (name,) if group in GROUPS] + (["abs"] if method.selectable else [])
+    for name, method in METHOD_REGISTRY.items()
 }
 # blank or 0 means the stage's default: field -> Number precision
 BLANK_NUMBERS = {"clip_abs_warmup_epochs": None, "clip_lora_alpha": 0}
@@ -135,7 +143,7 @@ CHOICES = {
     "clip_method": METHODS,
     "clip_lr_scheduler_type": SCHEDULERS,
     "clip_compute_type": PRECISIONS,
-    "clip_adapter_target": ["vision", "text", "both"],
+    "clip_adapter_target": ADAPTER_TARGETS,
 }
 CHOICES.update({f: [True, False] for f, v in DEFAULTS.items() if isinstance(v, bool)})
 REQUIRED_TEXT = ["clip_model", "clip_output_dir"]
@@ -193,9 +201,9 @@ def _number(field: str, value: Any, lang: str) -> float:
 
 def _check_fields(form: dict[str, Any], lang: str) -> None:
     """Choices, texts and dataset pickers hold what their widgets can hold (a crafted request may send anything)."""
-    for field, choices in CHOICES.items():
-        if form[field] not in choices:
-            raise FormError(alert("invalid", lang, f"{_label(field, lang)}: `{form[field]}` is not one of {choices}"))
+    for field, options in CHOICES.items():
+        if form[field] not in options:
+            raise FormError(alert("invalid", lang, f"{_label(field, lang)}: `{form[field]}` is not one of {options}"))
     for field in TEXT_FIELDS:
         if not (isinstance(form[field], str) or (form[field] is None and field not in REQUIRED_TEXT)):
             raise FormError(alert("empty_field", lang, _label(field, lang)))
@@ -315,7 +323,7 @@ def check_output_dir(args: dict[str, Any], lang: str) -> None:
 def validate(args: dict[str, Any], lang: str) -> None:
     """Everything a run would check first, so that the tab launches nothing that would fail at once. The stage's
     parser runs here with ``use_cpu`` so that the web UI process never claims a GPU."""
-    from ..hparams.parser import check_clip_args
+    from ..train.arguments import check_clip_args
 
     check_output_dir(args, lang)
     try:

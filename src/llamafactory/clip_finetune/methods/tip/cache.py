@@ -15,6 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ...tasks.base import HeadScores
+
 
 CACHE_FILE = "tip_cache.safetensors"
 
@@ -92,80 +94,44 @@ def _keep_best(best: tuple, scores: torch.Tensor, alphas: torch.Tensor, beta: to
 
 @torch.no_grad()
 def search_alpha_beta(
-    clip_logits: torch.Tensor,
+    problem: HeadScores,
     affinity: torch.Tensor,
-    values: torch.Tensor,
-    labels: torch.Tensor,
-    betas: torch.Tensor,
-    alphas: torch.Tensor,
-    chunk: int = 16,
-) -> tuple[float, float, float]:
-    """Best (alpha, beta, accuracy) on validation features over the whole grid, in batched tensor operations.
-
-    For one beta and one image, logits are L + alpha * C, linear in alpha, so the image is classified correctly for
-    alpha in an open interval: above -dL/dC for every class whose cache score is lower than the true class's, below
-    it for every class whose score is higher (dL, dC: true class minus other class). Computing that interval per
-    image turns the alpha axis into comparisons instead of argmaxes over [alphas x images x classes]. Ties that hold
-    for every alpha count as in evaluation (``ranking.hit_probability``); a tie at one exact alpha does not.
-    """
-    rows = torch.arange(len(labels), device=affinity.device)
-    d_logit = clip_logits[rows, labels][:, None] - clip_logits  # [n, c]
-    others = torch.ones_like(d_logit, dtype=torch.bool)
-    others[rows, labels] = False
-    alphas = alphas.to(affinity)
-    values = values.to(affinity)
-    best = (-1.0, 0.0, 0.0)
-    for start in range(0, len(betas), chunk):
-        beta = betas[start : start + chunk].to(affinity)
-        cache = torch.stack([powers @ values for powers in affinity_powers(affinity, beta)])  # [b, n, c]
-        d_cache = cache[:, rows, labels][..., None] - cache  # [b, n, c]
-        correct = _first_place(d_logit, d_cache, others, alphas)  # [b, n, a]
-        best = _keep_best(best, correct.mean(1), alphas, beta)
-    accuracy, alpha, beta = best
-    return alpha, beta, accuracy
-
-
-@torch.no_grad()
-def search_alpha_beta_i2t(
-    image_text: torch.Tensor,
-    affinity: torch.Tensor,
-    value_text: torch.Tensor,
-    caption_image: torch.Tensor,
     betas: torch.Tensor,
     alphas: torch.Tensor,
     chunk: int = 16,
     budget: int = 2**24,
 ) -> tuple[float, float, float]:
-    """Best (alpha, beta, image-to-text Recall@1) on validation images and their captions, over the whole grid.
+    """Best (alpha, beta, score) on validation queries over the whole grid, in batched tensor operations; the score
+    is the share of queries whose best true column ranks first (accuracy for classes, Recall@1 for captions).
 
-    ``image_text``: f T^T [images, captions]; ``value_text``: V T^T [keys, captions]. The query f + alpha A V scores
-    caption t as f t + alpha (A V) t (its normalization does not change an image's ranking), linear in alpha as in
-    classification. Each own caption j of image i ranks first for alpha in an open interval bounded by every other
-    image's captions, sharing the place with captions identical to it (as ``recall_at_k`` counts ties); the image
-    scores its best own caption's credit. Captions are processed in blocks of at most ``budget`` elements per beta
-    chunk.
+    For one beta, a column's score is ``base + alpha * cache``, linear in alpha, so a true column j of query q ranks
+    first for alpha in an open interval: above -dB/dC for every column whose cache score is lower than j's, below it
+    for every column whose cache score is higher (dB, dC: j minus the other column; the query's other true columns
+    do not compete). Computing that interval per true pair turns the alpha axis into comparisons instead of argmaxes
+    over [alphas x queries x columns]. Ties that hold for every alpha share the first place as in evaluation
+    (``ranking.hit_probability``); a tie at one exact alpha does not. True pairs are processed in blocks of at most
+    ``budget`` elements per beta chunk.
     """
     device = affinity.device
-    owner = caption_image.to(device)
-    n_images, n_captions = image_text.shape
-    alphas, value_text = alphas.to(affinity), value_text.to(affinity)
-    rows = max(1, budget // (min(chunk, len(betas)) * n_captions))
+    base, values, alphas = problem.base.to(affinity), problem.values.to(affinity), alphas.to(affinity)
+    rows, cols = problem.rows.to(device), problem.cols.to(device)
+    truth = torch.zeros(base.shape, dtype=torch.bool, device=device)
+    truth[rows, cols] = True
+    step = max(1, budget // (min(chunk, len(betas)) * base.shape[1]))
     best = (-1.0, 0.0, 0.0)
     for start in range(0, len(betas), chunk):
         beta = betas[start : start + chunk].to(affinity)
-        cache = torch.stack([powers @ value_text for powers in affinity_powers(affinity, beta)])  # [b, n, captions]
-        hits = torch.zeros(len(beta), n_images, len(alphas), device=device)
-        for first in range(0, n_captions, rows):
-            mine = torch.arange(first, min(first + rows, n_captions), device=device)  # own captions j
-            image = owner[mine]  # their images i
-            others = owner[None, :] != image[:, None]  # [j, k]: captions of other images
-            d_logit = image_text[image, mine][:, None] - image_text[image]  # [j, k]
-            d_cache = cache[:, image, mine][..., None] - cache[:, image]  # [b, j, k]
-            top = _first_place(d_logit, d_cache, others, alphas)  # [b, j, a]
-            hits.scatter_reduce_(1, image[None, :, None].expand_as(top), top.to(hits.dtype), "amax")
-        best = _keep_best(best, hits.mean(1), alphas, beta)  # recall [b, a]
-    recall, alpha, beta = best
-    return alpha, beta, recall
+        cache = torch.stack([powers @ values for powers in affinity_powers(affinity, beta)])  # [b, queries, columns]
+        hits = torch.zeros(len(beta), base.shape[0], len(alphas), device=device)
+        for first in range(0, len(rows), step):
+            query, column = rows[first : first + step], cols[first : first + step]
+            d_base = base[query, column][:, None] - base[query]  # [pairs, columns]
+            d_cache = cache[:, query, column][..., None] - cache[:, query]  # [b, pairs, columns]
+            top = _first_place(d_base, d_cache, ~truth[query], alphas)  # [b, pairs, a]
+            hits.scatter_reduce_(1, query[None, :, None].expand_as(top), top.to(hits.dtype), "amax")
+        best = _keep_best(best, hits.mean(1), alphas, beta)
+    score, alpha, beta = best
+    return alpha, beta, score
 
 
 _held: dict[str, Any] = {}  # directory -> [lock file, depth]: the lock is re-entrant within a process

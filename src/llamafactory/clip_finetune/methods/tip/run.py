@@ -5,13 +5,13 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import broadcast_object_list
 from llamafactory.extras import logging
 from transformers import TrainerCallback
 
 from ...data.datasets import CachedViewsDataset
-from ...train.feature_cache import cache_device, encode_shard, gather_rows, shared_views
+from ..base import Run
+from ..feature_cache import cache_device, encode_shard, gather_rows, shared_views
 from .cache import (
     CACHE_FILE,
     TipCache,
@@ -22,7 +22,6 @@ from .cache import (
     read_tensors,
     save_cache,
     search_alpha_beta,
-    search_alpha_beta_i2t,
     tip_search_grid,
 )
 from .shared import SharedCache
@@ -45,17 +44,6 @@ def cache_header(model_args: Any, data_args: Any, finetuning_args: Any, seed: in
         "finetuned": finetuning_args.tip_finetune,
         "classnames": list(classnames or []),
     }
-
-
-@torch.no_grad()
-def cache_values(model, train, classnames, device) -> torch.Tensor:
-    """Classification: one-hot labels. image_to_text: each image's mean caption feature (frozen text tower)."""
-    if classnames is not None:
-        return F.one_hot(train.labels, len(classnames)).float()
-    texts = model.encode_texts(train.input_ids, train.attention_mask).float()
-    owner = train.caption_image.to(device)
-    summed = torch.zeros(len(train), texts.shape[1], device=device).index_add_(0, owner, texts)
-    return F.normalize(summed, dim=-1)
 
 
 @torch.no_grad()
@@ -83,10 +71,15 @@ class TipCacheCallback(TrainerCallback):
     encoded (Tip-F still encodes the views it trains on).
     """
 
-    def __init__(self, trainer, datasets, model_args, data_args, finetuning_args):
-        self.trainer, self.datasets = trainer, datasets
-        self.model_args, self.data_args, self.finetuning_args = model_args, data_args, finetuning_args
+    def __init__(self, run: Run):
+        self.run = run
+        self.datasets, self.model_args, self.data_args = run.datasets, run.model_args, run.data_args
+        self.finetuning_args = run.finetuning_args
         self.header: dict = {}
+
+    @property
+    def trainer(self):
+        return self.run.trainer
 
     def all_views(self) -> torch.Tensor:
         """Every training image's views on every rank (Tip-F samples any of them), where they fit best."""
@@ -151,16 +144,16 @@ class TipCacheCallback(TrainerCallback):
             logger.info_rank0(f"tip: reloaded the cache of {len(keys)} keys from {directory}.")
         else:
             keys = self.image_keys(views)
-            values = cache_values(model, datasets.train, datasets.classnames, args.device)
+            values = model.task.head_values(model, datasets.train)
             logger.info_rank0(f"tip: cache of {len(keys)} keys from {f.tip_augment_epoch} augmented views per image.")
-        model.cache = TipCache(keys, values, f.tip_alpha, f.tip_beta, f.tip_finetune).to(args.device)
-        logger.info(f"tip: rank {args.process_index} holds {len(keys)} keys, digest {digest(model.cache.keys)}.")
+        model.head = TipCache(keys, values, f.tip_alpha, f.tip_beta, f.tip_finetune).to(args.device)
+        logger.info(f"tip: rank {args.process_index} holds {len(keys)} keys, digest {digest(model.head.keys)}.")
 
     def save(self) -> None:
         """The final cache (with the alpha and beta in use) in output_dir."""
         trainer = self.trainer
         if trainer.is_world_process_zero():
-            cache = trainer.model.cache
+            cache = trainer.model.head
             path = save_cache(
                 cache, trainer.args.output_dir, {**self.header, "alpha": cache.alpha, "beta": cache.beta}
             )
@@ -175,7 +168,7 @@ class TipCacheCallback(TrainerCallback):
         saved = read_tensors(checkpoint, CACHE_FILE)
         if saved is None:
             raise ValueError(f"resume_from_checkpoint: {checkpoint} holds no {CACHE_FILE} (Tip-F's learned keys).")
-        cache = model.cache
+        cache = model.head
         check_tensors(path, saved[0], {"keys": tuple(cache.keys.shape), "values": tuple(cache.values.shape)})
         with torch.no_grad():
             cache.keys.copy_(saved[0]["keys"].to(cache.keys))
@@ -183,7 +176,7 @@ class TipCacheCallback(TrainerCallback):
 
     def write_checkpoint(self, folder: str) -> None:
         """Part of every Tip-F checkpoint, written before the Trainer's own files (``ClipTrainer``)."""
-        save_cache(self.trainer.model.cache, folder, self.header)
+        save_cache(self.trainer.model.head, folder, self.header)
 
 
 def image_identity(image) -> str:
@@ -207,39 +200,28 @@ def check_disjoint(train, val, data_args) -> None:
 
 @torch.no_grad()
 def search(trainer, datasets, data_args, finetuning_args) -> dict[str, float]:
-    """Grid search of beta and alpha on the validation split (never the test split): classification accuracy, or
-    image-to-text Recall@1 for image_to_text."""
+    """Grid search of beta and alpha on the validation split (never the test split), for the task's main metric
+    (classification accuracy, image-to-text Recall@1): the task poses the problem (``Task.head_scores``)."""
     check_disjoint(datasets.train, datasets.val, data_args)
-    val_dataset = datasets.val
     model = trainer.model
     model.eval()
     features, labels = [], []
-    for batch in trainer.get_eval_dataloader(val_dataset):
+    for batch in trainer.get_eval_dataloader(datasets.val):
         batch = trainer._prepare_inputs(batch)
         with trainer.autocast_smart_context_manager():
             image = model.image_features(batch["pixel_values"]).float()
-        if datasets.classnames is None:
-            features.append(trainer.accelerator.gather_for_metrics(image))
-            continue
-        image, label = trainer.accelerator.gather_for_metrics((image, batch["labels"]))
-        features.append(image)
-        labels.append(label)
+        features.append(trainer.accelerator.gather_for_metrics(image))
+        if "labels" in batch:
+            labels.append(trainer.accelerator.gather_for_metrics(batch["labels"]))
     features = torch.cat(features)
-    affinity = features @ model.cache.keys.float().t()
+    head = model.head
+    problem = model.task.head_scores(
+        model, features, torch.cat(labels) if labels else None, datasets.val, head.values.float()
+    )
     betas, alphas = tip_search_grid(finetuning_args.tip_search_scale, finetuning_args.tip_search_step)
-    values = model.cache.values.float()
-    if datasets.classnames is None:
-        texts = model.encode_texts(val_dataset.input_ids, val_dataset.attention_mask).float()
-        alpha, beta, metric = search_alpha_beta_i2t(
-            features @ texts.t(), affinity, values @ texts.t(), val_dataset.caption_image, betas, alphas
-        )
-        name = "tip_search_val_i2t_r1"
-    else:
-        labels = torch.cat(labels)
-        clip_logits = model.logit_scale().float() * features @ model.task.class_features.t()
-        alpha, beta, metric = search_alpha_beta(clip_logits, affinity, values, labels, betas, alphas)
-        name = "tip_search_val_accuracy"
-    model.cache.alpha, model.cache.beta = alpha, beta
+    alpha, beta, metric = search_alpha_beta(problem, features @ head.keys.float().t(), betas, alphas)
+    head.alpha, head.beta = alpha, beta
+    name = f"tip_search_val_{model.task.main_metric}"
     logger.info_rank0(
         f"tip: search on {len(features)} validation images: alpha {alpha:.3f}, beta {beta:.3f}, {name} {metric:.4f}."
     )

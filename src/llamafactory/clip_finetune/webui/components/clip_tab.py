@@ -15,6 +15,7 @@ from ...data.transforms import decode
 from ..locales import CLIP_LOCALES, alert
 from ..options import (
     BLANK_NUMBERS,
+    CHOICES,
     DEFAULTS,
     FIELDS,
     GROUPS,
@@ -142,7 +143,7 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
                 if isinstance(value, bool):
                     elems[name] = gr.Checkbox(value=value, **_kw(name))
                 elif key == "adapter_target":
-                    elems[name] = gr.Dropdown(["vision", "text", "both"], value=value, **_kw(name))
+                    elems[name] = gr.Dropdown(CHOICES[name], value=value, **_kw(name))
                 elif name in BLANK_NUMBERS:
                     elems[name] = gr.Number(value=value, precision=BLANK_NUMBERS[name], **_kw(name))
                 elif isinstance(value, (int, float)):
