@@ -33,7 +33,12 @@ class BuildPyWithPth(build_py):
 
 
 class EditableWheelWithPth(editable_wheel):
-    """Editable wheels: setuptools only maps packages there, so add the .pth to the unpacked wheel."""
+    """Editable wheels: setuptools only maps packages there, so add the .pth to the unpacked wheel.
+
+    ``_run_build_commands`` is private: setuptools (up to 84) has no public way to put an extra top-level file such
+    as a ``.pth`` into an editable wheel (``data_files`` land in the data scheme, not site-packages), hence the
+    ``setuptools<85`` pin in pyproject.toml. The README installs editable, and tests/test_hook.py checks the hook
+    loads there (and builds the regular wheel)."""
 
     def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):
         result = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)

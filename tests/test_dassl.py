@@ -188,6 +188,7 @@ def dassl_reference(epochs, base_lr, max_epoch, warmup, kind, cons_lr, min_lr, r
     for _ in range(epochs):
         lrs.append(current)
         if wrapper_epoch >= warmup:
+            optimizer.step()  # a training epoch's steps come first (no gradient here: nothing moves)
             cosine.step()
             current = cosine.get_last_lr()[0]
         else:

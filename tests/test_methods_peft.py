@@ -88,12 +88,24 @@ def test_text_adapter_for_classification_recomputes_class_features_and_trains(tm
 
 @pytest.mark.parametrize("method", sorted(PEFT_METHODS))
 def test_peft_method_resumes_from_a_checkpoint(tmp_path, method):
+    """Stopped at step 2 and resumed to 4: the adapter ends as a run that went to step 4 at once."""
     finetuning_type, overrides, _, _ = PEFT_METHODS[method]
-    common = dict(finetuning_type=finetuning_type, save_strategy="steps", save_steps=2, do_eval=False, **overrides)
-    run_exp(base_args(tmp_path, max_steps=2, **common))
-    assert (tmp_path / "checkpoint-2" / "adapter_model.safetensors").is_file()
-    run_exp(base_args(tmp_path, max_steps=4, **common))
-    assert read_json(tmp_path / "trainer_state.json")["global_step"] == 4
+    common = dict(
+        finetuning_type=finetuning_type,
+        save_strategy="steps",
+        save_steps=2,
+        do_eval=False,
+        lr_scheduler_type="constant",
+        **overrides,
+    )
+    run_exp(base_args(tmp_path / "resume", max_steps=2, **common))
+    assert (tmp_path / "resume" / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    run_exp(base_args(tmp_path / "resume", max_steps=4, **common))
+    assert read_json(tmp_path / "resume" / "trainer_state.json")["global_step"] == 4
+    run_exp(base_args(tmp_path / "straight", max_steps=4, **common))
+    resumed = load_file(tmp_path / "resume" / "adapter_model.safetensors")
+    expected = load_file(tmp_path / "straight" / "adapter_model.safetensors")
+    assert resumed.keys() == expected.keys() and all(torch.equal(resumed[k], expected[k]) for k in expected)
 
 
 class VisionForwardCounter(TrainerCallback):

@@ -81,14 +81,24 @@ def test_image_to_text_full_finetune_trains_both_towers(tmp_path):
 
 
 def test_resume_from_checkpoint_continues_the_run(tmp_path):
-    out = tmp_path / "resume"
-    run_exp(base_args(out, save_strategy="steps", save_steps=2, max_steps=2, do_eval=False))
+    """A run stopped at step 2 and resumed to step 4 ends with the weights of a run that went to step 4 at once (a
+    constant rate, so that the first run's schedule is the same as the longer one's)."""
+    out, straight = tmp_path / "resume", tmp_path / "straight"
+    common = dict(save_strategy="steps", save_steps=2, do_eval=False, lr_scheduler_type="constant")
+    run_exp(base_args(out, max_steps=2, **common))
     assert (out / "checkpoint-2" / "model.safetensors").is_file()
-    run_exp(base_args(out, save_strategy="steps", save_steps=2, max_steps=4, do_eval=False))
+    run_exp(base_args(out, max_steps=4, **common))
     assert read_json(out / "trainer_state.json")["global_step"] == 4
     logged = [json.loads(line)["current_steps"] for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     # each run ends with a summary line at its last step; the second run went on from step 2, not from step 1
     assert logged == [1, 2, 2, 3, 4, 4]
+    run_exp(base_args(straight, max_steps=4, **common))
+    resumed, expected = load_file(out / "model.safetensors"), load_file(straight / "model.safetensors")
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+    assert not torch.equal(
+        resumed["visual_projection.weight"],
+        load_file(out / "checkpoint-2" / "model.safetensors")["visual_projection.weight"],
+    )
 
 
 @pytest.mark.parametrize("clip_optim", [None, "sgd", "adamw"])

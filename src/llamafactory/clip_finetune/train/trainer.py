@@ -48,7 +48,7 @@ class ClipTrainer(Trainer):
             sampler=self._get_train_sampler(dataset),
             collate_fn=collated,
             drop_last=self.args.dataloader_drop_last,
-            pin_memory=self.args.dataloader_pin_memory and dataset.features.device.type == "cpu",
+            pin_memory=self.args.dataloader_pin_memory and dataset.features.device.type == "cpu",  # a host cache
         )
         return self.accelerator.prepare(loader)
 

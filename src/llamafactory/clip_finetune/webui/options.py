@@ -264,8 +264,8 @@ def build_args(form: dict[str, Any], lang: str = "en") -> dict[str, Any]:
             value = _names(value)
         if value is not None:
             args[key] = value
-    if args.get("num_shots") == 0 or args["clip_task"] != "classification":
-        args.pop("num_shots", None)  # 0 means every image; shots apply to classification only
+    if args.get("num_shots") == 0 or not TASK_REGISTRY[args["clip_task"]].has_classes:
+        args.pop("num_shots", None)  # 0 means every image; shots apply to tasks with classes only
     for group in METHOD_GROUPS[form["clip_method"]]:
         for key in GROUPS[group]:
             value = form[f"clip_{key}"]

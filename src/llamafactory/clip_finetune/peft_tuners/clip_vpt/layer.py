@@ -46,7 +46,9 @@ class ClipVptEncoder(nn.Module, BaseTunerLayer):
         self.set_adapter(self.active_adapters)
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device=None) -> None:
-        """PEFT's version reads ``base_layer.weight``, which an encoder has not: follow its first parameter."""
+        """Overrides a private PEFT method: PEFT's version reads ``base_layer.weight``, which an encoder (the layer VPT
+        wraps) has not, so it would fail; PEFT 0.18 offers no public hook to place a tuner's parameters, so follow the
+        encoder's first parameter. Tested against PEFT 0.18.1 (tests/test_methods_peft.py moves a VPT model)."""
         reference = next(self.base_layer.parameters())
         dtype = reference.dtype if reference.dtype.is_floating_point else None
         for container in (self.clip_vpt_prompts, self.clip_vpt_project):

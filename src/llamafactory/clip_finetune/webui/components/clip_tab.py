@@ -226,7 +226,10 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
         except FormError as err:
             return [str(err)] + [gr.update() for _ in FIELDS]
         # the loaded data dir and task decide which datasets can be chosen
-        choices = list_datasets(saved.get("clip_dataset_dir") or "data", saved.get("clip_task") or "classification")
+        choices = list_datasets(
+            saved.get("clip_dataset_dir") or DEFAULTS["clip_dataset_dir"],
+            saved.get("clip_task") or DEFAULTS["clip_task"],
+        )
         updates = []
         for name in FIELDS:
             update = {"value": saved[name]} if name in saved else {}
