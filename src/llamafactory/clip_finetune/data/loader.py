@@ -3,7 +3,7 @@
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from llamafactory.extras import logging
@@ -16,6 +16,10 @@ from .overlap import describe, shared_images
 from .readers import CaptionSamples, ClassificationSamples, read_samples
 from .templates import COOP_TEMPLATES, resolve_templates
 from .transforms import ImageSpec
+
+
+if TYPE_CHECKING:
+    from ..hparams import ClipDataArguments
 
 
 logger = logging.get_logger(__name__)
@@ -54,7 +58,7 @@ def _merge(attrs: list[DatasetAttr], max_samples: int | None, seed: int) -> Any:
     return first
 
 
-def _templates(data_args: Any, attrs: list[DatasetAttr]) -> list[str]:
+def _templates(data_args: "ClipDataArguments", attrs: list[DatasetAttr]) -> list[str]:
     if data_args.templates is not None:
         return list(data_args.templates)
     attr = attrs[0]
@@ -89,7 +93,9 @@ def _check_classes(samples: ClassificationSamples, attr_names: str, require_all:
         raise ValueError(f"dataset {attr_names}: class(es) {empty} have no images; every class needs at least one.")
 
 
-def load_clip_datasets(data_args: Any, task: str, seed: int, image_processor: Any, tokenizer: Any) -> ClipDatasets:
+def load_clip_datasets(
+    data_args: "ClipDataArguments", task: str, seed: int, image_processor: Any, tokenizer: Any
+) -> ClipDatasets:
     spec = ImageSpec.from_processor(image_processor, data_args)
     splits = {"train": data_args.dataset, "eval": data_args.eval_dataset, "val": data_args.val_dataset}
     attrs = {key: get_dataset_attrs(split_names(v), data_args.dataset_dir, task) for key, v in splits.items() if v}

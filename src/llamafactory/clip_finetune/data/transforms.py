@@ -2,12 +2,16 @@
 
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageColor, ImageOps
 from torchvision.transforms import InterpolationMode, v2
+
+
+if TYPE_CHECKING:
+    from ..hparams import ClipDataArguments
 
 
 INTERPOLATION = {
@@ -33,7 +37,7 @@ class ImageSpec:
     exif_transpose: bool = True
 
     @classmethod
-    def from_processor(cls, image_processor: Any, data_args: Any) -> "ImageSpec":
+    def from_processor(cls, image_processor: Any, data_args: "ClipDataArguments") -> "ImageSpec":
         crop = getattr(image_processor, "crop_size", None) or {}
         size = data_args.image_size or crop.get("height") or image_processor.size.get("shortest_edge")
         resample = getattr(image_processor, "resample", 3)

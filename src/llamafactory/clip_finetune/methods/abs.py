@@ -12,7 +12,7 @@ ranked like any other (its angle is 0, or π after a sign flip).
 import json
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -22,6 +22,10 @@ from transformers import TrainerCallback
 
 from ..hparams.output_dir import write_json_atomic
 from .base import Method, Run, log_trainable
+
+
+if TYPE_CHECKING:
+    from ..hparams import ClipFinetuningArguments
 
 
 logger = logging.get_logger(__name__)
@@ -68,7 +72,7 @@ def select_units(angles: dict[str, float], groups: dict[str, int], keep: int, to
 class AbsCallback(TrainerCallback):
     """Snapshots the starting weights, selects at ``select_step``, then resets, freezes and prunes the optimizer."""
 
-    def __init__(self, model: nn.Module, finetuning_args: Any, kept: list[str] | None = None):
+    def __init__(self, model: nn.Module, finetuning_args: "ClipFinetuningArguments", kept: list[str] | None = None):
         self.args = finetuning_args
         self.units = trainable_units(model)
         self.start = (
@@ -183,7 +187,7 @@ class SelectableMethod(Method):
     selectable = True
 
     @classmethod
-    def stops_gradients(cls, finetuning_args: Any) -> bool:
+    def stops_gradients(cls, finetuning_args: "ClipFinetuningArguments") -> bool:
         return finetuning_args.abs  # frozen units leave the graph mid-run: DDP must look for unused parameters
 
     def callbacks(self, run: Run) -> list[TrainerCallback]:
@@ -197,7 +201,7 @@ class SelectableMethod(Method):
             logger.info_rank0(f"abs: resumed after the selection; {len(kept)} units train.")
         return [*super().callbacks(run), AbsCallback(clip, run.finetuning_args, kept)]
 
-    def checkpoint_files(self, finetuning_args: Any) -> tuple[str, ...]:
+    def checkpoint_files(self, finetuning_args: "ClipFinetuningArguments") -> tuple[str, ...]:
         return super().checkpoint_files(finetuning_args) + ((SELECTION_FILE,) if finetuning_args.abs else ())
 
 

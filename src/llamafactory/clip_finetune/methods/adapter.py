@@ -1,10 +1,14 @@
 """CLIP-Adapter through PEFT: a residual bottleneck on the projected image (and/or text) feature."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..peft_tuners import ClipAdapterConfig
 from ..peft_tuners.clip_adapter.config import TARGETS
 from .base import PeftMethod
+
+
+if TYPE_CHECKING:
+    from ..hparams import ClipFinetuningArguments
 
 
 class AdapterMethod(PeftMethod):
@@ -21,7 +25,7 @@ class AdapterMethod(PeftMethod):
                 f"adapter_ratio must be in [0, 1] (the adapted share of the feature), got {f.adapter_ratio}."
             )
 
-    def peft_config(self, finetuning_args: Any) -> ClipAdapterConfig:
+    def peft_config(self, finetuning_args: "ClipFinetuningArguments") -> ClipAdapterConfig:
         return ClipAdapterConfig(
             reduction=finetuning_args.adapter_reduction,
             ratio=finetuning_args.adapter_ratio,

@@ -1,12 +1,18 @@
 """Bias-only finetuning (BitFit, Ben Zaken et al., ACL 2022): only bias vectors of the chosen towers train."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llamafactory.extras import logging
 from torch import nn
 
 from .abs import SelectableMethod
 from .base import set_trainable, tower_modules
+
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import TrainingArguments
+
+    from ..hparams import ClipFinetuningArguments
 
 
 logger = logging.get_logger(__name__)
@@ -25,7 +31,9 @@ class BiasMethod(SelectableMethod):
     name = "bias"
     own_keys = {"bias_terms": "", "bias_terms_exclude": ""}
 
-    def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
+    def prepare(
+        self, clip: nn.Module, finetuning_args: "ClipFinetuningArguments", training_args: "TrainingArguments"
+    ) -> nn.Module:
         """Names are matched in full, as ``clip.named_parameters()`` prints them (``vision_model.encoder...``)."""
         set_trainable(clip, False)
         include, exclude = finetuning_args.bias_terms, finetuning_args.bias_terms_exclude

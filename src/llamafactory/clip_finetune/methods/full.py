@@ -1,6 +1,6 @@
 """Full finetuning: every weight of the chosen towers trains (ABS may select among them)."""
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -8,10 +8,18 @@ from .abs import SelectableMethod
 from .base import set_trainable, tower_modules
 
 
+if TYPE_CHECKING:
+    from llamafactory.hparams import TrainingArguments
+
+    from ..hparams import ClipFinetuningArguments
+
+
 class FullMethod(SelectableMethod):
     name = "full"
 
-    def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
+    def prepare(
+        self, clip: nn.Module, finetuning_args: "ClipFinetuningArguments", training_args: "TrainingArguments"
+    ) -> nn.Module:
         set_trainable(clip, False)
         for module in tower_modules(clip, finetuning_args):
             set_trainable(module, True)

@@ -1,13 +1,19 @@
 """LoRA (Hu et al., ICLR 2022) on the CLIP towers, with stock PEFT and LLaMA-Factory's keys."""
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llamafactory.extras import logging
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from .base import PeftMethod, Run
+
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import TrainingArguments
+
+    from ..hparams import ClipFinetuningArguments
 
 
 logger = logging.get_logger(__name__)
@@ -42,14 +48,16 @@ class LoraMethod(PeftMethod):
         if not 0 <= f.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {f.lora_dropout}.")
 
-    def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
+    def prepare(
+        self, clip: nn.Module, finetuning_args: "ClipFinetuningArguments", training_args: "TrainingArguments"
+    ) -> nn.Module:
         config = self.peft_config(finetuning_args)  # its own errors pass through unchanged
         try:
             return get_peft_model(clip, config)
         except ValueError as err:
             raise ValueError(f"lora_target: {finetuning_args.lora_target} matches no module to adapt: {err}") from err
 
-    def peft_config(self, finetuning_args: Any) -> LoraConfig:
+    def peft_config(self, finetuning_args: "ClipFinetuningArguments") -> LoraConfig:
         towers = [
             t
             for t, frozen in (

@@ -1,9 +1,13 @@
 """Visual Prompt Tuning through PEFT: learned prompt tokens in the frozen image tower (shallow or deep)."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..peft_tuners import ClipVptConfig
 from .base import PeftMethod
+
+
+if TYPE_CHECKING:
+    from ..hparams import ClipFinetuningArguments
 
 
 class PromptMethod(PeftMethod):
@@ -20,7 +24,7 @@ class PromptMethod(PeftMethod):
         if f.prompt_project is not None and f.prompt_project < 1:
             raise ValueError(f"prompt_project must be a positive width, got {f.prompt_project}.")
 
-    def peft_config(self, finetuning_args: Any) -> ClipVptConfig:
+    def peft_config(self, finetuning_args: "ClipFinetuningArguments") -> ClipVptConfig:
         return ClipVptConfig(
             prompt_length=finetuning_args.prompt_length,
             prompt_deep=finetuning_args.prompt_deep,

@@ -1,16 +1,20 @@
 """Load a Hugging Face CLIP checkpoint and its processor (tokenizer + image processor)."""
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from llamafactory.extras import logging
 from transformers import AutoConfig, CLIPConfig, CLIPModel, CLIPProcessor
 
 
+if TYPE_CHECKING:
+    from ..hparams import ClipModelArguments
+
+
 logger = logging.get_logger(__name__)
 
 
-def load_clip(model_args: Any) -> tuple[CLIPModel, CLIPProcessor]:
+def load_clip(model_args: "ClipModelArguments") -> tuple[CLIPModel, CLIPProcessor]:
     kwargs = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision}
     path = model_args.model_name_or_path
     try:

@@ -1,7 +1,7 @@
 """Image-to-text retrieval: symmetric InfoNCE on image-caption batches, Recall@1/5/10 both ways."""
 
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -9,6 +9,10 @@ from torch import nn
 
 from .base import HeadScores, Task
 from .ranking import hit_probability, ranks_against
+
+
+if TYPE_CHECKING:
+    from ..hparams import ClipDataArguments, ClipFinetuningArguments
 
 
 RECALL_AT = (1, 5, 10)
@@ -52,7 +56,7 @@ class ImageToTextTask(Task):
     text_frozen_by_default: ClassVar[bool] = False
 
     @classmethod
-    def check(cls, data_args: Any, finetuning_args: Any) -> None:
+    def check(cls, data_args: "ClipDataArguments", finetuning_args: "ClipFinetuningArguments") -> None:
         super().check(data_args, finetuning_args)
         if data_args.num_shots is not None:
             raise ValueError("num_shots applies to classification (K images per class); remove it for image_to_text.")

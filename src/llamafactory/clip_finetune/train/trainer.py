@@ -3,7 +3,7 @@
 import json
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate.utils import DistributedType
@@ -20,6 +20,10 @@ from ..hparams.output_dir import RUN_RECORD, write_json_atomic
 from .schedule import epoch_lr_scheduler
 
 
+if TYPE_CHECKING:
+    from ..hparams import ClipFinetuningArguments
+
+
 logger = logging.get_logger(__name__)
 
 SAFE_WEIGHTS = "model.safetensors"
@@ -31,7 +35,13 @@ OPTIM_LOGGED = ("lr", "betas", "eps", "weight_decay", "momentum", "dampening", "
 class ClipTrainer(Trainer):
     """``self.model`` is a ``ClipTaskModel``; what gets saved is its ``clip`` (loadable by ``CLIPModel``)."""
 
-    def __init__(self, *args: Any, optim_args: Any = None, run_record: dict[str, Any] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        optim_args: "ClipFinetuningArguments | None" = None,
+        run_record: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
         self.optim_args = optim_args
         self.run_record = run_record
         super().__init__(*args, **kwargs)

@@ -5,7 +5,7 @@ on the validation split, save the cache. The task decides the cache's values and
 """
 
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from transformers import TrainerCallback
@@ -14,6 +14,10 @@ from ...hparams import ClipFinetuningArguments
 from ..base import Method, Run, report, set_trainable, train
 from .cache import CACHE_FILE
 from .run import TipCacheCallback, search
+
+
+if TYPE_CHECKING:
+    from llamafactory.hparams import TrainingArguments
 
 
 TIP_CROP_SCALE = [0.5, 1.0]  # the paper code's cache views: random resized crops of 50-100% of the area
@@ -43,7 +47,9 @@ class TipMethod(Method):
         if data_args.crop_scale is None:
             data_args.crop_scale = list(TIP_CROP_SCALE)
 
-    def prepare(self, clip: nn.Module, finetuning_args: Any, training_args: Any) -> nn.Module:
+    def prepare(
+        self, clip: nn.Module, finetuning_args: "ClipFinetuningArguments", training_args: "TrainingArguments"
+    ) -> nn.Module:
         set_trainable(clip, False)
         return clip
 
@@ -51,7 +57,7 @@ class TipMethod(Method):
         self.cache = TipCacheCallback(run)
         return [self.cache]
 
-    def checkpoint_files(self, finetuning_args: Any) -> tuple[str, ...]:
+    def checkpoint_files(self, finetuning_args: "ClipFinetuningArguments") -> tuple[str, ...]:
         return (CACHE_FILE,) if finetuning_args.tip_finetune else ()
 
     def run(self, run: Run) -> None:

@@ -2,7 +2,7 @@
 
 import hashlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate.utils import broadcast_object_list
@@ -27,10 +27,21 @@ from .cache import (
 from .shared import SharedCache
 
 
+if TYPE_CHECKING:
+    from ...hparams import ClipDataArguments, ClipFinetuningArguments, ClipModelArguments
+
+
 logger = logging.get_logger(__name__)
 
 
-def cache_header(model_args: Any, data_args: Any, finetuning_args: Any, seed: int, classnames, dim: int) -> dict:
+def cache_header(
+    model_args: "ClipModelArguments",
+    data_args: "ClipDataArguments",
+    finetuning_args: "ClipFinetuningArguments",
+    seed: int,
+    classnames,
+    dim: int,
+) -> dict:
     """What a cache was built from; a reloaded cache must match it exactly."""
     return {
         "checkpoint": model_args.model_name_or_path,
