@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 
 FORMATTINGS = ("imagefolder", "table", "coop", "karpathy", "hf")
-TASKS = ("classification", "image_to_text")
+TASKS = ("classification", "image_to_text")  # the sample kinds the readers produce; tasks.TASKS checks against it
 ENTRY_KEYS = {
     "task",
     "file_name",

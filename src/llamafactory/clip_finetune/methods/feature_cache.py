@@ -2,12 +2,17 @@
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 import torch
 from llamafactory.extras import logging
 from torch.utils.data import DataLoader
 
 from ..data.datasets import CachedViewsDataset, ViewsDataset
+
+
+if TYPE_CHECKING:
+    from ..tasks import TrainingSet
 
 
 logger = logging.get_logger(__name__)
@@ -35,7 +40,9 @@ def cache_device(trainer, images: int, views: int) -> torch.device:
 
 
 @torch.no_grad()
-def compute_views(trainer, dataset, indices: list[int], views: int, store: torch.device) -> torch.Tensor:
+def compute_views(
+    trainer, dataset: "TrainingSet", indices: list[int], views: int, store: torch.device
+) -> torch.Tensor:
     """``views`` passes over ``dataset[indices]`` with its random training transforms (pass v draws as epoch v
     would), in eval mode, all passes in one loader; [images, views, width] pooled outputs of the image tower,
     float32 on ``store``."""
@@ -86,7 +93,7 @@ def gather_rows(trainer, local: torch.Tensor, total: int, store: torch.device) -
     return torch.cat(pieces, dim=1).flatten(0, 1)[:total]
 
 
-def encode_shard(trainer, dataset, views: int, store: torch.device) -> torch.Tensor:
+def encode_shard(trainer, dataset: "TrainingSet", views: int, store: torch.device) -> torch.Tensor:
     """``compute_views`` over this rank's ``shard`` of ``dataset`` only."""
     mine = shard(len(dataset), trainer.args.process_index, trainer.accelerator.num_processes)
     start = time.perf_counter()
@@ -98,12 +105,12 @@ def encode_shard(trainer, dataset, views: int, store: torch.device) -> torch.Ten
     return local
 
 
-def shared_views(trainer, dataset, views: int, store: torch.device) -> torch.Tensor:
+def shared_views(trainer, dataset: "TrainingSet", views: int, store: torch.device) -> torch.Tensor:
     """``compute_views`` over the whole dataset on every rank, each rank encoding only its shard."""
     return gather_rows(trainer, encode_shard(trainer, dataset, views, store), len(dataset), store)
 
 
-def cache_image_views(trainer, dataset, views: int) -> CachedViewsDataset:
+def cache_image_views(trainer, dataset: "TrainingSet", views: int) -> CachedViewsDataset:
     start = time.perf_counter()
     store = cache_device(trainer, len(dataset), views)
     cached = shared_views(trainer, dataset, views, store)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import HeadScores, Task
+from .base import CaptionSet, HeadScores, Task
 from .ranking import hit_probability, ranks_against
 
 
@@ -96,7 +96,7 @@ class ImageToTextTask(Task):
         return recall_at_k(images @ texts.t(), dataset.caption_image)
 
     @torch.no_grad()
-    def head_values(self, model: nn.Module, train: Any) -> torch.Tensor:
+    def head_values(self, model: nn.Module, train: CaptionSet) -> torch.Tensor:
         """Each image's mean caption feature (frozen text tower), normalized."""
         texts = model.encode_texts(train.input_ids, train.attention_mask).float()
         owner = train.caption_image.to(texts.device)
