@@ -78,6 +78,20 @@ class ClipFinetuningArguments(ClipOptimArguments):
     feature_cache_views: int = field(
         default=10, metadata={"help": "Augmented views per training image in the feature cache."}
     )
+    contrastive_negatives: Literal["global", "local"] = field(
+        default="global",
+        metadata={
+            "help": "image_to_text: negatives of every rank (global; open_clip's gathered local loss) or of this "
+            "rank's batch only (local). One process: the same."
+        },
+    )
+    contrastive_accumulation_steps: int = field(
+        default=1,
+        metadata={
+            "help": "image_to_text: train one contrastive batch of N x per_device_train_batch_size pairs in N "
+            "micro-batches of cached features (GradCache): the gradient of the large batch, a micro-batch's memory."
+        },
+    )
     abs: bool = field(default=False, metadata={"help": "Angle-Based Selection of the layers that keep training."})
     abs_top: bool = field(default=True, metadata={"help": "Keep the largest angles (false: the smallest)."})
     abs_group: bool = field(default=True, metadata={"help": "Keep abs_keep units per name group (false: overall)."})

@@ -102,6 +102,7 @@ class ClipTaskModel(nn.Module):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         pooled: torch.Tensor | None = None,
+        features_only: bool = False,
     ) -> dict[str, torch.Tensor]:
         return self.task(
             self,
@@ -110,4 +111,5 @@ class ClipTaskModel(nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             pooled=pooled,
+            features_only=features_only,
         )

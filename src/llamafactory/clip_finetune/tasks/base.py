@@ -66,7 +66,9 @@ class Task(nn.Module):
             finetuning_args.freeze_text_tower = cls.text_frozen_by_default
 
     @classmethod
-    def build(cls, datasets: "ClipDatasets", tokenizer: Any, clip: nn.Module) -> "Task":
+    def build(
+        cls, datasets: "ClipDatasets", tokenizer: Any, clip: nn.Module, finetuning_args: "ClipFinetuningArguments"
+    ) -> "Task":
         raise NotImplementedError
 
     def setup(self, model: nn.Module) -> None:

@@ -35,7 +35,17 @@ class ClassificationTask(Task):
         self.register_buffer("class_features", torch.empty(0), persistent=False)
 
     @classmethod
-    def build(cls, datasets: Any, tokenizer: Any, clip: nn.Module) -> "ClassificationTask":
+    def check(cls, data_args: Any, finetuning_args: Any) -> None:
+        """The negatives of classification are the class texts: the contrastive batch keys do not apply."""
+        super().check(data_args, finetuning_args)
+        if finetuning_args.contrastive_accumulation_steps != 1 or finetuning_args.contrastive_negatives != "global":
+            raise ValueError(
+                "contrastive_negatives / contrastive_accumulation_steps apply to image_to_text (classification scores "
+                "every image against all class texts); remove them."
+            )
+
+    @classmethod
+    def build(cls, datasets: Any, tokenizer: Any, clip: nn.Module, finetuning_args: Any) -> "ClassificationTask":
         text_trainable = any(p.requires_grad for n, p in clip.named_parameters() if "text_" in n)
         return cls(datasets.classnames, datasets.templates, tokenizer, text_trainable)
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import CaptionSet, HeadScores, Task
+from .contrastive import contrastive_loss
 from .ranking import hit_probability, ranks_against
 
 
@@ -62,22 +63,42 @@ class ImageToTextTask(Task):
             raise ValueError("num_shots applies to classification (K images per class); remove it for image_to_text.")
         if data_args.subsample_classes != "all":
             raise ValueError("subsample_classes applies to classification.")
+        steps = finetuning_args.contrastive_accumulation_steps
+        if steps < 1:
+            raise ValueError(f"contrastive_accumulation_steps must be at least 1, got {steps}.")
 
     @classmethod
-    def build(cls, datasets: Any, tokenizer: Any, clip: nn.Module) -> "ImageToTextTask":
-        return cls()
+    def build(cls, datasets: Any, tokenizer: Any, clip: nn.Module, finetuning_args: Any) -> "ImageToTextTask":
+        return cls(finetuning_args.contrastive_negatives)
+
+    def __init__(self, negatives: str = "global"):
+        super().__init__()
+        self.negatives = negatives
 
     def forward(
-        self, model: nn.Module, pixel_values: torch.Tensor, input_ids=None, attention_mask=None, pooled=None, **_: Any
+        self,
+        model: nn.Module,
+        pixel_values: torch.Tensor,
+        input_ids=None,
+        attention_mask=None,
+        pooled=None,
+        features_only: bool = False,
+        **_: Any,
     ):
+        """Symmetric InfoNCE over the batch's pairs (``contrastive.contrastive_loss``: with every rank's pairs as
+        negatives unless ``local``); ``features_only``: the features and scale that loss takes (cached steps)."""
         image = self.query(model, model.image_features(pixel_values, pooled))
         if input_ids is None:
             return {"logits": image}
         text = model.text_features(input_ids, attention_mask)
-        logits = (model.logit_scale() * image @ text.t()).float()
-        targets = torch.arange(len(logits), device=logits.device)
-        loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+        if features_only:
+            return {"image": image, "text": text, "scale": model.logit_scale()}
+        loss, logits = contrastive_loss(image, text, model.logit_scale(), self.negatives)
         return {"loss": loss, "logits": logits}
+
+    def loss_from_features(self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The training loss of features computed earlier (``contrastive.cached_step``)."""
+        return contrastive_loss(image, text, scale, self.negatives)[0]
 
     @staticmethod
     def query(model: nn.Module, image: torch.Tensor) -> torch.Tensor:

@@ -37,8 +37,9 @@ def get_clip_train_args(args: dict[str, Any] | list[str]) -> ClipArgs:
         transformers.utils.logging.enable_default_handler()
         transformers.utils.logging.enable_explicit_format()
     transformers.set_seed(training_args.seed)
-    if training_args.dataloader_pin_memory and training_args.device.type != "cuda":
-        training_args.dataloader_pin_memory = False  # pinned host memory only serves copies to a CUDA device
+    if training_args.device.type != "cuda":  # pinned memory and asynchronous copies only serve a CUDA device
+        training_args.dataloader_pin_memory = False
+        training_args.accelerator_config.non_blocking = False
     logger.info(
         f"Process rank: {training_args.process_index}, world size: {training_args.world_size}, "
         f"device: {training_args.device}, distributed training: {training_args.parallel_mode.value == 'distributed'}, "

@@ -17,6 +17,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.datasets import CachedViewsDataset, collated
 from ..hparams.output_dir import RUN_RECORD, write_json_atomic
+from ..tasks.contrastive import cached_step
 from .schedule import epoch_lr_scheduler
 
 
@@ -45,6 +46,39 @@ class ClipTrainer(Trainer):
         self.optim_args = optim_args
         self.run_record = run_record
         super().__init__(*args, **kwargs)
+        # contrastive batches of N micro-batches (``cached_step``): the loader yields the whole batch
+        self.micro_batches = getattr(optim_args, "contrastive_accumulation_steps", 1)
+        if self.micro_batches > 1:
+            if self.is_deepspeed_enabled:
+                raise ValueError(
+                    "contrastive_accumulation_steps > 1 runs several backward passes per step, which DeepSpeed's "
+                    "engine turns into optimizer steps: use DDP or FSDP, or gradient_accumulation_steps."
+                )
+            self._train_batch_size *= self.micro_batches
+            logger.info_rank0(
+                f"contrastive_accumulation_steps: contrastive batches of {self._train_batch_size} pairs per device, "
+                f"trained in {self.micro_batches} micro-batches of {self.args.train_batch_size} (cached features)."
+            )
+
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None):
+        """With ``contrastive_accumulation_steps``: the batch's gradient from cached features, a micro-batch at a time
+        (``tasks.contrastive.cached_step``); otherwise the Trainer's step."""
+        if self.micro_batches <= 1:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        task = self.accelerator.unwrap_model(model).task
+        share = self.current_gradient_accumulation_steps
+        with self.compute_loss_context_manager():
+            loss = cached_step(
+                lambda chunk: model(**chunk, features_only=True),
+                task.loss_from_features,
+                inputs,
+                self.micro_batches,
+                lambda surrogate: self.accelerator.backward(surrogate / share),
+                lambda: self.accelerator.no_sync(model),
+            )
+        return loss / share
 
     def get_train_dataloader(self):
         """Cached features are in memory and gathered a batch at a time: no loader workers (they would only add

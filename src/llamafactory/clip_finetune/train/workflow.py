@@ -39,7 +39,7 @@ def run_clip(
         data_args, task_class.name, training_args.seed, processor.image_processor, processor.tokenizer
     )
     clip = method.prepare(clip, finetuning_args, training_args)
-    task = task_class.build(datasets, processor.tokenizer, clip)
+    task = task_class.build(datasets, processor.tokenizer, clip, finetuning_args)
     model = ClipTaskModel(clip, task, datasets.spec, model_args.interpolate_pos_encoding)
     log_trainable(model)
     run = Run(model_args, data_args, training_args, finetuning_args, datasets, processor, model)
