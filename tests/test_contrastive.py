@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 import socket
+import subprocess
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 import yaml
-from conftest import TINY_CLIP, i2t_args, run_cli
+from conftest import CLI, ROOT, TINY_CLIP, i2t_args, run_cli
 from llamafactory.train.tuner import run_exp
 from safetensors.torch import load_file
 from torch import nn
@@ -224,3 +225,36 @@ def test_the_contrastive_keys_are_refused_for_classification(tmp_path):
             check_clip_args(base_args(tmp_path / "o", **{key: value}))
     with pytest.raises(ValueError, match="contrastive_accumulation_steps must be at least 1, got 0"):
         check_clip_args(i2t_args(tmp_path / "o", contrastive_accumulation_steps=0))
+
+
+def test_two_nodes_on_loopback_train_like_one_process(tmp_path):
+    """NNODES=2, one process per node (LLaMA-Factory's launcher runs torchrun with --nnodes/--node_rank): the two
+    node ranks join one group over loopback, and with global negatives end as one process on the global batch."""
+    args = {k: v for k, v in i2t_args(tmp_path / "unused").items() if k not in ("max_steps", "do_eval")}
+    args.update(clip_optim="sgd", learning_rate=0.1, max_steps=3, lr_scheduler_type="constant", do_eval=False)
+    args.update(dataloader_num_workers=0, model_name_or_path=str(TINY_CLIP))
+    config = tmp_path / "i2t.yaml"
+    config.write_text(yaml.safe_dump(args))
+    single = run_cli(["train", str(config), f"output_dir={tmp_path / 'one'}", "per_device_train_batch_size=8"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    env = {"FORCE_TORCHRUN": "1", "NNODES": "2", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1"}
+    env.update(MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    argv = [CLI, "train", str(config), f"output_dir={tmp_path / 'nodes'}", "per_device_train_batch_size=4"]
+    path = os.pathsep.join([os.path.dirname(CLI), os.environ.get("PATH", "")])
+    nodes = [
+        subprocess.Popen(
+            argv,
+            env={**os.environ, **env, "PATH": path, "NODE_RANK": str(rank)},
+            cwd=ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for rank in (0, 1)
+    ]
+    logs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "world size: 2" in logs[0] + logs[1]
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "nodes" / "model.safetensors")
+    for key in one:
+        assert torch.allclose(one[key].float(), two[key].float(), atol=1e-5), key
