@@ -32,11 +32,21 @@ class ClipFinetuningArguments(ClipOptimArguments):
     bias_terms_exclude: list[str] | None = field(
         default=None, metadata={"help": "bias: biases whose name contains one of these strings do not train."}
     )
-    lora_rank: int = field(default=8, metadata={"help": "lora: rank of the update matrices."})
-    lora_alpha: int | None = field(default=None, metadata={"help": "lora: scale (default: lora_rank * 2)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "lora: dropout on the LoRA input."})
-    lora_target: str = field(
-        default="q_proj,v_proj", metadata={"help": "lora: comma-separated module names, within the trained towers."}
+    lora_rank: int | None = field(
+        default=None, metadata={"help": "lora: rank of the update matrices (default: 8; clip_lora: 2)."}
+    )
+    lora_alpha: int | None = field(
+        default=None, metadata={"help": "lora: scale (default: lora_rank * 2; clip_lora: 1, over sqrt(rank))."}
+    )
+    lora_dropout: float | None = field(
+        default=None, metadata={"help": "lora: dropout on the LoRA input (default: 0; clip_lora: 0.25)."}
+    )
+    lora_target: str | None = field(
+        default=None,
+        metadata={
+            "help": "lora: comma-separated module names, within the trained towers (default: q_proj,v_proj; "
+            "clip_lora: q_proj,k_proj,v_proj)."
+        },
     )
     adapter_reduction: int = field(default=4, metadata={"help": "adapter: bottleneck width = projection dim / this."})
     adapter_ratio: float = field(default=0.2, metadata={"help": "adapter: f = ratio * A(f) + (1 - ratio) * f."})
@@ -90,6 +100,13 @@ class ClipFinetuningArguments(ClipOptimArguments):
         metadata={
             "help": "image_to_text: train one contrastive batch of N x per_device_train_batch_size pairs in N "
             "micro-batches of cached features (GradCache): the gradient of the large batch, a micro-batch's memory."
+        },
+    )
+    wise_ft_alphas: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "WiSE-FT: after training, evaluate (1 - a) * zero-shot + a * finetuned weights for each a, keep the "
+            "best a on val_dataset as the output (pure finetune: output_dir/finetuned). full, bias, lora."
         },
     )
     abs: bool = field(default=False, metadata={"help": "Angle-Based Selection of the layers that keep training."})

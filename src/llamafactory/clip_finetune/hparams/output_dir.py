@@ -51,7 +51,7 @@ TRAINING_KEYS = (
     "bf16",
     "fp16",
 )
-IGNORED_KEYS = {"cache_dir", "attn_implementation", "plot_loss", "export_merged"}
+IGNORED_KEYS = {"cache_dir", "attn_implementation", "plot_loss", "export_merged", "wise_ft_alphas"}  # after training
 # a resume may lengthen (or shorten) the run, as with any HF Trainer run; the change is logged
 LENGTH_KEYS = ("num_train_epochs", "max_steps")
 

@@ -6,13 +6,14 @@ from .adapter import AdapterMethod
 from .base import Method, Run
 from .bias import BiasMethod
 from .full import FullMethod
-from .lora import LoraMethod
+from .lora import ClipLoraMethod, LoraMethod
 from .prompt import PromptMethod
 from .tip import TipMethod
 
 
 METHODS: dict[str, type[Method]] = {
-    method.name: method for method in (FullMethod, BiasMethod, LoraMethod, AdapterMethod, PromptMethod, TipMethod)
+    method.name: method
+    for method in (FullMethod, BiasMethod, LoraMethod, ClipLoraMethod, AdapterMethod, PromptMethod, TipMethod)
 }
 
 
@@ -24,13 +25,15 @@ def get_method(finetuning_type: str) -> type[Method]:
 
 def check_method_args(args: tuple, task: type) -> type[Method]:
     """What holds for every method, then the method's own checks and defaults; returns the method."""
-    _, _, training_args, f = args
+    _, data_args, training_args, f = args
     method = get_method(f.finetuning_type)
     defaults = {field.name: field for field in dataclasses.fields(f)}
     for other in METHODS.values():
         if other is method:
             continue
         for key, why in other.own_keys.items():
+            if key in method.own_keys:
+                continue  # shared with this method (clip_lora reads lora's keys)
             field = defaults[key]
             default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
             if getattr(f, key) != default:
@@ -39,6 +42,17 @@ def check_method_args(args: tuple, task: type) -> type[Method]:
     if f.abs and not method.selectable:
         usable = sorted(name for name, m in METHODS.items() if m.selectable)
         raise ValueError(f"abs selects among existing weights: use it with {' or '.join(usable)}, not {method.name}.")
+    if f.wise_ft_alphas:
+        usable = sorted(name for name, m in METHODS.items() if m.weight_delta)
+        if not method.weight_delta:
+            raise ValueError(
+                f"wise_ft_alphas interpolates changed weights: use it with {', '.join(usable)}, not {method.name} "
+                "(its result is new computation, not a change of the zero-shot weights)."
+            )
+        if not (training_args.do_train and data_args.val_dataset):
+            raise ValueError("wise_ft_alphas picks alpha on the validation split: set do_train and val_dataset.")
+        if any(not 0 <= alpha <= 1 for alpha in f.wise_ft_alphas):
+            raise ValueError(f"wise_ft_alphas must lie in [0, 1], got {f.wise_ft_alphas}.")
     if training_args.ddp_find_unused_parameters is None:
         training_args.ddp_find_unused_parameters = method.stops_gradients(f)
     method.check(args, task)

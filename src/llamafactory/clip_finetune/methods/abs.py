@@ -185,6 +185,7 @@ class SelectableMethod(Method):
     checkpoint state and the DDP setting it needs."""
 
     selectable = True
+    weight_delta = True
 
     @classmethod
     def stops_gradients(cls, finetuning_args: "ClipFinetuningArguments") -> bool:

@@ -11,6 +11,7 @@ from llamafactory.extras.ploting import plot_loss
 from torch import nn
 
 from .feature_cache import cache_image_views, image_tower_frozen
+from .wise_ft import run_wise_ft, snapshot
 
 
 if TYPE_CHECKING:
@@ -94,11 +95,17 @@ class Method:
     selectable: ClassVar[bool] = False
     # with a frozen image tower, the default run caches its features per augmented view (``feature_cache``)
     caches_features: ClassVar[bool] = True
+    # the method's result is a change of existing weights, which WiSE-FT (``wise_ft_alphas``) can interpolate
+    weight_delta: ClassVar[bool] = False
 
     @classmethod
     def stops_gradients(cls, finetuning_args: "ClipFinetuningArguments") -> bool:
         """Whether some trainable parameters stop receiving gradients mid-run (DDP must then find unused ones)."""
         return False
+
+    @classmethod
+    def defaults(cls, finetuning_args: "ClipFinetuningArguments") -> None:
+        """Defaults the method sets before the task sets its own (e.g. which towers train)."""
 
     @classmethod
     def check(cls, args: tuple, task: "type[Task]") -> None:
@@ -127,15 +134,23 @@ class Method:
         f = run.finetuning_args
         if self.caches_features and f.feature_cache and image_tower_frozen(run.model.clip):
             trainer.train_dataset = cache_image_views(trainer, trainer.train_dataset, f.feature_cache_views)
+        zero_shot = snapshot(self.delta_parameters(run.model.clip)) if f.wise_ft_alphas else None
         result = train(trainer, args.resume_from_checkpoint)
+        metrics = dict(result.metrics)
+        if zero_shot is not None:
+            metrics.update(run_wise_ft(run, self, zero_shot))
         trainer.save_model()
         if trainer.is_world_process_zero():
             self.export(run)
-        report(trainer, result.metrics)
+        report(trainer, metrics)
         trainer.save_state()
         if trainer.is_world_process_zero() and f.plot_loss:
             metric = f"eval_{run.model.task.main_metric}"
             plot_loss(args.output_dir, keys=["loss"] + ([metric] if args.eval_strategy != "no" else []))
+
+    def delta_parameters(self, clip: nn.Module) -> dict[str, nn.Parameter]:
+        """The parameters whose change is the method's result (``weight_delta`` methods): the trainable ones."""
+        return {name: p for name, p in clip.named_parameters() if p.requires_grad}
 
     def export(self, run: Run) -> None:
         """Extra artifacts after training (rank 0 only), beside the saved model."""

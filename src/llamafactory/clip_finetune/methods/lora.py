@@ -1,7 +1,8 @@
-"""LoRA (Hu et al., ICLR 2022) on the CLIP towers, with stock PEFT and LLaMA-Factory's keys."""
+"""LoRA (Hu et al., ICLR 2022) on the CLIP towers, with stock PEFT and LLaMA-Factory's keys; CLIP-LoRA (Zanella and
+Ben Ayed, CVPR Workshops 2024) is the same layers with the paper's placement, rank, scale and dropout."""
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from llamafactory.extras import logging
 from peft import LoraConfig, get_peft_model
@@ -40,9 +41,24 @@ class LoraMethod(PeftMethod):
         "hold; load it with PeftModel.from_pretrained instead",
     }
 
+    weight_delta = True
+    # the values of the lora_* keys left unset, and whether the scale is alpha / sqrt(rank) (rank-stabilized) or
+    # alpha / rank (PEFT's default)
+    preset: ClassVar[dict[str, Any]] = {"lora_rank": 8, "lora_dropout": 0.0, "lora_target": "q_proj,v_proj"}
+    rank_stabilized: ClassVar[bool] = False
+
+    def delta_parameters(self, clip: nn.Module) -> dict[str, nn.Parameter]:
+        """LoRA's update is B A with B starting at zero: scaling B by alpha scales the merged update by alpha."""
+        return {name: p for name, p in clip.named_parameters() if p.requires_grad and ".lora_B." in name}
+
     @classmethod
     def check(cls, args: tuple, task: Any) -> None:
         f = args[3]
+        for key, value in cls.preset.items():
+            if getattr(f, key) is None:
+                setattr(f, key, value)
+        if f.lora_alpha is None:
+            f.lora_alpha = cls.default_alpha(f.lora_rank)
         if f.lora_rank < 1:
             raise ValueError(f"lora_rank must be at least 1 (the rank of the update matrices), got {f.lora_rank}.")
         if not 0 <= f.lora_dropout < 1:
@@ -71,10 +87,15 @@ class LoraMethod(PeftMethod):
         targets = [t.strip() for t in finetuning_args.lora_target.split(",") if t.strip()]
         return LoraConfig(
             r=finetuning_args.lora_rank,
-            lora_alpha=finetuning_args.lora_alpha or 2 * finetuning_args.lora_rank,
+            lora_alpha=finetuning_args.lora_alpha,
+            use_rslora=self.rank_stabilized,
             lora_dropout=finetuning_args.lora_dropout,
             target_modules=lora_target_pattern(targets, towers),
         )
+
+    @staticmethod
+    def default_alpha(rank: int) -> int:
+        return 2 * rank  # LLaMA-Factory's default
 
     def export(self, run: Run) -> None:
         """``export_merged``: LoRA folded into the base weights, a standalone checkpoint that
@@ -89,3 +110,24 @@ class LoraMethod(PeftMethod):
         merged.save_pretrained(path)
         run.processor.save_pretrained(path)
         logger.info_rank0(f"Merged LoRA into the base weights: {path}")
+
+
+class ClipLoraMethod(LoraMethod):
+    """CLIP-LoRA: LoRA on the query, key and value projections of every layer of both towers, rank 2, alpha 1 with
+    the scale alpha / sqrt(rank), dropout 0.25 on the LoRA input (MaxZanella/CLIP-LoRA's defaults). The text tower
+    trains for classification too, so class features are recomputed every step, as the reference does. Its training
+    recipe (AdamW 2e-4, weight decay 1e-2, cosine, batch 32, 500 x shots steps, one template) is in
+    examples/clip/clip_lora.yaml."""
+
+    name = "clip_lora"
+    preset = {"lora_rank": 2, "lora_dropout": 0.25, "lora_target": "q_proj,k_proj,v_proj"}
+    rank_stabilized = True
+
+    @classmethod
+    def defaults(cls, finetuning_args: "ClipFinetuningArguments") -> None:
+        if finetuning_args.freeze_text_tower is None:
+            finetuning_args.freeze_text_tower = False  # both towers, whatever the task
+
+    @staticmethod
+    def default_alpha(rank: int) -> int:
+        return 1

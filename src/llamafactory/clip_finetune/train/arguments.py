@@ -9,7 +9,7 @@ from llamafactory.extras import logging
 from ..dassl import with_clip_config
 from ..hparams.output_dir import check_output_dir, lock_output_dir
 from ..hparams.parser import ClipArgs, parse_clip_args
-from ..methods import check_method_args
+from ..methods import check_method_args, get_method
 from ..tasks import get_task
 
 
@@ -22,6 +22,7 @@ def check_clip_args(args: dict[str, Any] | list[str]) -> ClipArgs:
     parsed = parse_clip_args(with_clip_config(args))
     model_args, data_args, training_args, finetuning_args = parsed
     task = get_task(finetuning_args.clip_task)
+    get_method(finetuning_args.finetuning_type).defaults(finetuning_args)
     task.check(data_args, finetuning_args)
     method = check_method_args(parsed, task)
     check_output_dir(*parsed, method().checkpoint_files(finetuning_args))
