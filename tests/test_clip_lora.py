@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 from conftest import TINY_CLIP, base_args, i2t_args, read_json
-from llamafactory.clip_finetune.methods import get_method
-from llamafactory.clip_finetune.train.arguments import check_clip_args
 from llamafactory.train.tuner import run_exp
 from safetensors.torch import load_file
 from transformers import CLIPModel
+
+from llamafactory.clip_finetune.methods import get_method
+from llamafactory.clip_finetune.train.arguments import check_clip_args
 
 
 @pytest.mark.parametrize("task_args", [base_args, i2t_args])
@@ -18,13 +19,15 @@ def test_lora_sits_on_q_k_v_of_every_layer_of_both_towers(tmp_path, task_args):
     model_args, _, training_args, finetuning_args = check_clip_args(task_args(tmp_path, finetuning_type="clip_lora"))
     assert (finetuning_args.lora_rank, finetuning_args.lora_alpha, finetuning_args.lora_dropout) == (2, 1, 0.25)
     assert finetuning_args.freeze_text_tower is False
-    plain = CLIPModel.from_pretrained(TINY_CLIP)
+    plain = CLIPModel.from_pretrained(TINY_CLIP, dtype=torch.float32)
     expected = {
         name: module
         for name, module in plain.named_modules()
         if name.startswith(("vision_model.", "text_model.")) and name.endswith(("q_proj", "k_proj", "v_proj"))
     }
-    peft_model = get_method("clip_lora")().prepare(CLIPModel.from_pretrained(TINY_CLIP), finetuning_args, training_args)
+    peft_model = get_method("clip_lora")().prepare(
+        CLIPModel.from_pretrained(TINY_CLIP, dtype=torch.float32), finetuning_args, training_args
+    )
     adapted = {
         name.removeprefix("base_model.model."): module
         for name, module in peft_model.named_modules()

@@ -37,7 +37,9 @@ def test_full_finetune_output_is_the_interpolation_picked_on_val(tmp_path, task_
     # alpha 0 is the zero-shot model and alpha 1 the finetune: the same numbers as evaluating those checkpoints
     zero_shot = tmp_path / "zero_shot"
     run_exp(task_args(zero_shot, do_train=False))
-    assert results[f"eval_wise_ft_0_{main}"] == pytest.approx(read_json(zero_shot / "all_results.json")[f"eval_{main}"])
+    assert results[f"eval_wise_ft_0_{main}"] == pytest.approx(
+        read_json(zero_shot / "all_results.json")[f"eval_{main}"]
+    )
     again = tmp_path / "finetuned_eval"
     run_exp(task_args(again, do_train=False, model_name_or_path=str(tmp_path / "run" / "finetuned")))
     assert results[f"eval_wise_ft_1_{main}"] == pytest.approx(read_json(again / "all_results.json")[f"eval_{main}"])
@@ -61,7 +63,9 @@ def test_lora_interpolation_scales_the_update(tmp_path):
 
 
 def test_wise_ft_is_refused_where_it_cannot_apply(tmp_path):
-    with pytest.raises(ValueError, match="wise_ft_alphas interpolates changed weights: use it with bias, full, lora"):
+    with pytest.raises(
+        ValueError, match="wise_ft_alphas interpolates changed weights: use it with bias, clip_lora, full, lora"
+    ):
         run_exp(base_args(tmp_path, finetuning_type="adapter", val_dataset="fashion_mnist_val", wise_ft_alphas=[0.5]))
     with pytest.raises(ValueError, match="picks alpha on the validation split"):
         run_exp(base_args(tmp_path, wise_ft_alphas=[0.5]))

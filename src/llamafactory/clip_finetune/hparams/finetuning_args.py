@@ -105,8 +105,8 @@ class ClipFinetuningArguments(ClipOptimArguments):
     wise_ft_alphas: list[float] | None = field(
         default=None,
         metadata={
-            "help": "WiSE-FT: after training, evaluate (1 - a) * zero-shot + a * finetuned weights for each a, keep the "
-            "best a on val_dataset as the output (pure finetune: output_dir/finetuned). full, bias, lora."
+            "help": "WiSE-FT: after training, evaluate (1 - a) * zero-shot + a * finetuned weights for each a, keep "
+            "the best a on val_dataset as the output (pure finetune: output_dir/finetuned). full, bias, lora."
         },
     )
     abs: bool = field(default=False, metadata={"help": "Angle-Based Selection of the layers that keep training."})

@@ -1,7 +1,7 @@
 """WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022; mlfoundations/wise-ft): after
-training, evaluate the weight-space interpolation theta(alpha) = (1 - alpha) * theta_zero_shot + alpha * theta_finetuned
-for each ``wise_ft_alphas`` value, pick alpha on ``val_dataset`` only, and keep that model as the run's output (the
-pure finetune is saved beside it, in ``output_dir/finetuned``).
+training, evaluate the weight-space interpolation (1 - alpha) * zero_shot + alpha * finetuned for each
+``wise_ft_alphas`` value, pick alpha on ``val_dataset`` only, and keep that model as the run's output (the pure
+finetune is saved beside it, in ``output_dir/finetuned``).
 
 Only the parameters the method changed are interpolated (``Method.delta_parameters``): every trainable tensor of a
 full or bias finetune, and LoRA's B matrices (B starts at zero, so interpolating B scales the update B A by alpha,
