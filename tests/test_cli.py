@@ -45,6 +45,9 @@ I2T = [
         ("vpt_deep.yaml", I2T),
         ("tip.yaml", [*CLASSIFICATION, "image_size=32", "tip_augment_epoch=2", "tip_search_step=[20,5]"]),
         ("tip_f.yaml", [*CLASSIFICATION, "image_size=32", "tip_augment_epoch=2", "num_train_epochs=2"]),
+        ("clip_lora.yaml", [*CLASSIFICATION, "max_steps=3"]),
+        ("clip_lora.yaml", [*I2T, "max_steps=3", "templates=null"]),
+        ("wise_ft.yaml", [*CLASSIFICATION, "wise_ft_alphas=[0.0,1.0]"]),
     ],
 )
 def test_examples_run_with_the_tiny_checkpoint(tmp_path, example, extra):
