@@ -4,7 +4,7 @@ import pytest
 from conftest import TINY_CLIP, base_args
 
 from llamafactory.clip_finetune.hparams.model_args import resolve_backbone
-from llamafactory.clip_finetune.train.arguments import get_clip_train_args
+from llamafactory.clip_finetune.train.arguments import check_clip_args, get_clip_train_args
 
 
 def test_dict_args_parse_into_clip_and_trainer_dataclasses(tmp_path):
@@ -118,7 +118,7 @@ def test_stage_defaults_avoid_per_step_syncs_unless_set(tmp_path):
         "--output_dir",
         str(tmp_path / "argv"),
     ]
-    _, _, training_args, _ = get_clip_train_args(argv)
+    _, _, training_args, _ = check_clip_args(argv)  # the defaults reach argv too (before the CPU adjustment)
     assert training_args.logging_nan_inf_filter is False and training_args.accelerator_config.non_blocking is True
 
 

@@ -33,6 +33,7 @@ class ClipDatasets:
     classnames: list[str] | None
     templates: list[str]
     spec: ImageSpec
+    predict: Any | None = None
 
 
 def _merge(attrs: list[DatasetAttr], max_samples: int | None, seed: int) -> Any:
@@ -97,7 +98,12 @@ def load_clip_datasets(
     data_args: "ClipDataArguments", task: str, seed: int, image_processor: Any, tokenizer: Any
 ) -> ClipDatasets:
     spec = ImageSpec.from_processor(image_processor, data_args)
-    splits = {"train": data_args.dataset, "eval": data_args.eval_dataset, "val": data_args.val_dataset}
+    splits = {
+        "train": data_args.dataset,
+        "eval": data_args.eval_dataset,
+        "val": data_args.val_dataset,
+        "predict": data_args.predict_dataset,
+    }
     attrs = {key: get_dataset_attrs(split_names(v), data_args.dataset_dir, task) for key, v in splits.items() if v}
     samples = {key: _merge(value, data_args.max_samples, seed) for key, value in attrs.items()}
     if task == "classification":
@@ -140,7 +146,7 @@ def load_clip_datasets(
     for key in ("eval", "val"):
         if built["train"] is not None and built[key] is not None:
             _warn_shared_images(built["train"], built[key], key, splits)
-    return ClipDatasets(built["train"], built["eval"], built["val"], classnames, templates, spec)
+    return ClipDatasets(built["train"], built["eval"], built["val"], classnames, templates, spec, built["predict"])
 
 
 def _warn_short_classes(dataset: ClassificationDataset, shots: int, key: str, names: str) -> None:

@@ -22,6 +22,15 @@ class ClipDataArguments:
         default=None,
         metadata={"help": "Validation dataset for model selection; with num_shots it keeps min(K, 4) per class."},
     )
+    predict_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "do_predict: dataset name(s) whose images get top-k predictions (output_dir/predictions.jsonl)."
+        },
+    )
+    predict_top_k: int = field(
+        default=5, metadata={"help": "do_predict: classes (or captions, images) per prediction."}
+    )
     dataset_dir: str = field(default="data", metadata={"help": "Folder holding dataset_info.json."})
     num_shots: int | None = field(default=None, metadata={"help": "K training images per class (all if unset)."})
     templates: list[str] | None = field(
@@ -58,6 +67,8 @@ class ClipDataArguments:
     max_samples: int | None = field(default=None, metadata={"help": "Keep at most this many samples per dataset."})
 
     def __post_init__(self):
+        if self.predict_top_k < 1:
+            raise ValueError(f"predict_top_k must be at least 1, got {self.predict_top_k}.")
         if self.num_shots is not None and self.num_shots < 1:
             raise ValueError(f"num_shots must be a positive number of images per class, got {self.num_shots}.")
         unknown = [name for name in self.train_transforms if name not in TRANSFORMS]

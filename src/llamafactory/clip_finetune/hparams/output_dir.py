@@ -78,10 +78,14 @@ def record_differences(saved: dict[str, Any], current: dict[str, Any], keys=None
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
 
-def write_json_atomic(path: str, value: Any) -> None:
+def write_json_atomic(path: str, value: Any, lines: bool = False) -> None:
+    """``value`` as JSON (``lines``: a list written as JSON Lines), through a temporary file renamed into place."""
     handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
     with os.fdopen(handle, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
+        if lines:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in value)
+        else:
+            json.dump(value, f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

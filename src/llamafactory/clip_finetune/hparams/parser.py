@@ -169,10 +169,12 @@ def parse_clip_args(args: dict[str, Any] | list[str]) -> ClipArgs:
 
 
 def _check(model_args, data_args, training_args, finetuning_args) -> None:
-    if not (training_args.do_train or training_args.do_eval):
-        raise ValueError("Nothing to do: set do_train: true and/or do_eval: true.")
-    if training_args.do_predict:
-        raise ValueError("do_predict is not supported by stage clip; use do_eval with eval_dataset.")
+    if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
+        raise ValueError("Nothing to do: set do_train, do_eval and/or do_predict to true.")
+    if training_args.do_predict and not data_args.predict_dataset:
+        raise ValueError("do_predict needs `predict_dataset` (a name from dataset_info.json in dataset_dir).")
+    if data_args.predict_dataset and not training_args.do_predict:
+        raise ValueError("predict_dataset is read by do_predict: set do_predict: true, or remove it.")
     if training_args.do_train and not data_args.dataset:
         raise ValueError("do_train needs `dataset` (a name from dataset_info.json in dataset_dir).")
     if training_args.do_eval and not data_args.eval_dataset:
@@ -184,6 +186,11 @@ def _check(model_args, data_args, training_args, finetuning_args) -> None:
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size"):
         if getattr(training_args, key) < 1:
             raise ValueError(f"{key} must be at least 1, got {getattr(training_args, key)}.")
+    if training_args.do_train and os.path.isfile(os.path.join(model_args.model_name_or_path, "adapter_config.json")):
+        raise ValueError(
+            f"model_name_or_path: `{model_args.model_name_or_path}` holds a PEFT adapter, which this stage evaluates "
+            "and predicts with (do_eval, do_predict) but does not train further: train from its base checkpoint."
+        )
     _check_image_size(model_args, data_args)
     if not os.path.isfile(os.path.join(data_args.dataset_dir, "dataset_info.json")):
         raise ValueError(

@@ -77,6 +77,10 @@ class Task(nn.Module):
     def evaluate(self, model: nn.Module, batches: Iterable[dict], gather: Callable, dataset: Any) -> dict[str, float]:
         raise NotImplementedError
 
+    def predict(self, model: nn.Module, batches: Iterable[dict], gather: Callable, dataset: Any, top_k: int) -> list:
+        """One JSON-ready row per query (``do_predict``: output_dir/predictions.jsonl), in dataset order."""
+        raise NotImplementedError
+
     def head_values(self, model: nn.Module, train: Any) -> torch.Tensor:
         """[images, dim] the value a head caches for each training image."""
         raise NotImplementedError

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.overlap import describe
 from .base import HeadScores, Task
 from .ranking import topk_hits
 
@@ -105,3 +106,27 @@ class ClassificationTask(Task):
         """Columns are the classes; each image's true column is its label (the objective: accuracy)."""
         base = model.logit_scale().float() * features @ self.class_features.t()
         return HeadScores(base, values, torch.arange(len(labels), device=labels.device), labels)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batches: Iterable[dict], gather: Callable, dataset: Any, top_k: int) -> list:
+        """Each image's ``top_k`` classes with their probabilities (softmax of the logits, a head included), and
+        its label."""
+        if self.text_trainable:
+            self.class_features = self.encode_classes(model).float()
+        k = min(top_k, len(self.classnames))
+        found = []
+        for batch in batches:
+            image = model.image_features(batch["pixel_values"]).float()
+            top = self.logits(model, image, self.class_features).float().softmax(-1).topk(k, dim=-1)
+            found.append(gather((top.values, top.indices, batch["labels"])))
+        scores, indices, labels = (torch.cat(part).tolist() for part in zip(*found, strict=True))
+        return [
+            {
+                "image": describe(dataset.samples.images[n]),
+                "label": self.classnames[labels[n]],
+                "top_k": [
+                    {"class": self.classnames[c], "score": s} for c, s in zip(indices[n], scores[n], strict=True)
+                ],
+            }
+            for n in range(len(labels))
+        ]

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.overlap import describe
 from .base import CaptionSet, HeadScores, Task
 from .contrastive import contrastive_loss
 from .ranking import hit_probability, ranks_against
@@ -135,3 +136,36 @@ class ImageToTextTask(Task):
         return HeadScores(
             features @ texts.t(), values @ texts.t(), owner, torch.arange(len(owner), device=owner.device)
         )
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batches: Iterable[dict], gather: Callable, dataset: Any, top_k: int) -> list:
+        """Each image's ``top_k`` captions and each caption's ``top_k`` images, by cosine similarity (a head
+        included), with the captions each image has."""
+        images = torch.cat(
+            [gather(self.query(model, model.image_features(batch["pixel_values"]).float())) for batch in batches]
+        )
+        sims = images @ model.encode_texts(dataset.input_ids, dataset.attention_mask).float().t()
+        captions = [caption for own in dataset.samples.captions for caption in own]
+        names = [describe(image) for image in dataset.samples.images]
+        by_image = sims.topk(min(top_k, sims.shape[1]), dim=1)
+        by_caption = sims.t().topk(min(top_k, sims.shape[0]), dim=1)
+        rows = [
+            {
+                "query": "image",
+                "image": names[i],
+                "captions": dataset.samples.captions[i],
+                "top_k": [{"caption": captions[j], "score": s} for j, s in zip(idx, val, strict=True)],
+            }
+            for i, (idx, val) in enumerate(zip(by_image.indices.tolist(), by_image.values.tolist(), strict=True))
+        ]
+        owner = dataset.caption_image.tolist()
+        rows += [
+            {
+                "query": "caption",
+                "caption": captions[j],
+                "image": names[owner[j]],
+                "top_k": [{"image": names[i], "score": s} for i, s in zip(idx, val, strict=True)],
+            }
+            for j, (idx, val) in enumerate(zip(by_caption.indices.tolist(), by_caption.values.tolist(), strict=True))
+        ]
+        return rows

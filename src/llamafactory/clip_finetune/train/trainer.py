@@ -223,6 +223,17 @@ class ClipTrainer(Trainer):
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
+    def predictions(self, dataset: Any, top_k: int) -> list[dict[str, Any]]:
+        """The task's top-k rows for every item of ``dataset`` (gathered across ranks, in dataset order)."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        batches = (self._prepare_inputs(batch) for batch in self.get_eval_dataloader(dataset))
+        with torch.no_grad(), self.autocast_smart_context_manager():
+            rows = model.task.predict(model, batches, self.accelerator.gather_for_metrics, dataset, top_k)
+        model.train(was_training)
+        return rows
+
     def evaluate(
         self, eval_dataset: Any | None = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:

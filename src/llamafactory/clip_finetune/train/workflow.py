@@ -2,13 +2,15 @@
 
 A fixed pipeline: what differs between methods and tasks lives in their classes (``methods``, ``tasks``)."""
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
+from llamafactory.extras import logging
 from llamafactory.train.callbacks import LogCallback
 
 from ..data import load_clip_datasets
-from ..hparams.output_dir import run_record
+from ..hparams.output_dir import run_record, write_json_atomic
 from ..methods import Run, get_method
 from ..methods.base import log_trainable
 from ..model import ClipTaskModel, load_clip
@@ -17,6 +19,10 @@ from .arguments import get_clip_train_args
 from .callbacks import EpochCallback, FiniteLossCallback
 from .trainer import ClipTrainer
 
+
+logger = logging.get_logger(__name__)
+
+PREDICTIONS_FILE = "predictions.jsonl"
 
 if TYPE_CHECKING:
     from llamafactory.hparams import TrainingArguments
@@ -38,7 +44,10 @@ def run_clip(
     datasets = load_clip_datasets(
         data_args, task_class.name, training_args.seed, processor.image_processor, processor.tokenizer
     )
-    clip = method.prepare(clip, finetuning_args, training_args)
+    if training_args.do_train:
+        clip = method.prepare(clip, finetuning_args, training_args)
+    else:  # evaluate or predict the checkpoint as it is (a method would add untrained layers)
+        clip.requires_grad_(False)
     task = task_class.build(datasets, processor.tokenizer, clip, finetuning_args)
     model = ClipTaskModel(clip, task, datasets.spec, model_args.interpolate_pos_encoding)
     log_trainable(model)
@@ -59,6 +68,22 @@ def run_clip(
         metrics = run.trainer.evaluate()
         run.trainer.log_metrics("eval", metrics)
         run.trainer.save_metrics("eval", metrics)
+    if training_args.do_predict:
+        predict(run)
+
+
+def predict(run: Run) -> None:
+    """output_dir/predictions.jsonl (top-k per query), and the task's metrics on the predict set as predict_*."""
+    trainer, data_args = run.trainer, run.data_args
+    rows = trainer.predictions(run.datasets.predict, data_args.predict_top_k)
+    if trainer.is_world_process_zero():
+        path = os.path.join(run.training_args.output_dir, PREDICTIONS_FILE)
+        os.makedirs(run.training_args.output_dir, exist_ok=True)
+        write_json_atomic(path, rows, lines=True)
+        logger.info_rank0(f"Predictions for {len(rows)} queries of {data_args.predict_dataset} written to {path}.")
+    metrics = trainer.evaluate(run.datasets.predict, metric_key_prefix="predict")
+    trainer.log_metrics("predict", metrics)
+    trainer.save_metrics("predict", metrics)
 
 
 def run_clip_training_function(config: dict[str, Any]) -> None:
