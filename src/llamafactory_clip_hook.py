@@ -27,6 +27,7 @@ PATCHES = {
     "llamafactory.train.tuner": "llamafactory.clip_finetune.integration.tuner:patch_tuner",
     "llamafactory.webui.interface": "llamafactory.clip_finetune.integration.webui:patch_interface",
     "llamafactory.v1.launcher": "llamafactory.clip_finetune.integration.tuner:patch_v1_launcher",
+    "llamafactory.api.app": "llamafactory.clip_finetune.integration.api:patch_api",
 }
 
 

@@ -59,7 +59,7 @@ def _merge(attrs: list[DatasetAttr], max_samples: int | None, seed: int) -> Any:
     return first
 
 
-def _templates(data_args: "ClipDataArguments", attrs: list[DatasetAttr]) -> list[str]:
+def dataset_templates(data_args: "ClipDataArguments", attrs: list[DatasetAttr]) -> list[str]:
     if data_args.templates is not None:
         return list(data_args.templates)
     attr = attrs[0]
@@ -109,7 +109,7 @@ def load_clip_datasets(
     if task == "classification":
         samples = {key: subsample_classes(value, data_args.subsample_classes) for key, value in samples.items()}
     first_attrs = next(iter(attrs.values()))
-    templates = _templates(data_args, first_attrs)
+    templates = dataset_templates(data_args, first_attrs)
 
     classnames = None
     if task == "classification":

@@ -1,0 +1,111 @@
+"""A trained run loaded once for serving: image and text embeddings, and classification against class prompts."""
+
+import base64
+import binascii
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import HfArgumentParser
+
+from ..data import get_dataset_attrs
+from ..data.loader import dataset_templates
+from ..data.readers import read_samples
+from ..data.templates import DEFAULT_TEMPLATES
+from ..data.transforms import ImageSpec
+from ..hparams import ClipDataArguments, ClipModelArguments
+from ..model import load_clip
+
+
+MAX_IMAGE_BYTES = 20 * 2**20  # a request's image, decoded as it is sent (base64 text is 4/3 of this)
+
+
+class BadRequest(ValueError):
+    """A request the server answers with 400 and this message."""
+
+
+def parse_api_args(args: dict[str, Any]) -> tuple[ClipModelArguments, ClipDataArguments]:
+    """The api yaml: ``stage: clip``, the run (``model_name_or_path``: an output dir or a checkpoint), and optionally
+    ``dataset`` (whose class names classification uses) with ``dataset_dir`` and ``templates``."""
+    args = dict(args)
+    if args.pop("stage", None) != "clip":
+        raise ValueError("The clip API serves `stage: clip` configs.")
+    known = {f.name for cls in (ClipModelArguments, ClipDataArguments) for f in dataclasses.fields(cls)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ValueError(f"Unknown key(s) for the clip API: {unknown} (model and data keys only).")
+    return HfArgumentParser((ClipModelArguments, ClipDataArguments)).parse_dict(args)
+
+
+class ClipPredictor:
+    def __init__(self, model_args: ClipModelArguments, data_args: ClipDataArguments, device: str | None = None):
+        self.name = model_args.model_name_or_path
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        clip, self.processor = load_clip(model_args)
+        self.clip = clip.to(self.device).eval()
+        self.spec = ImageSpec.from_processor(self.processor.image_processor, data_args)
+        self.transform = self.spec.eval_transform()
+        self.templates = data_args.templates or DEFAULT_TEMPLATES
+        self.classnames: list[str] | None = None
+        if data_args.dataset:  # its class names and templates, as a run on it uses them
+            attrs = get_dataset_attrs(data_args.dataset.split(","), data_args.dataset_dir, "classification")
+            self.classnames = read_samples(attrs[0]).classnames
+            self.templates = dataset_templates(data_args, attrs)
+        self._class_features = self.text_features_for(self.classnames) if self.classnames else None
+
+    @torch.no_grad()
+    def image_features(self, images: list[str]) -> torch.Tensor:
+        """Base64-encoded image files -> L2-normalized image embeddings."""
+        if not images:
+            raise BadRequest("No image given.")
+        pixels = []
+        for i, image in enumerate(images):
+            try:
+                pixels.append(self.transform({"bytes": self._bytes(image, i)}, f"image {i}"))
+            except (OSError, ValueError) as err:  # not an image Pillow reads
+                raise BadRequest(str(err) if isinstance(err, BadRequest) else f"image {i}: {err}") from None
+        pixels = torch.stack(pixels)
+        x = pixels.to(self.device, torch.float32) / 255.0
+        if self.spec.normalize:
+            mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
+            x = (x - mean) / torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
+        return F.normalize(self.clip.get_image_features(pixel_values=x).pooler_output, dim=-1)
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        return F.normalize(self.clip.get_text_features(**tokens).pooler_output, dim=-1)
+
+    def text_features_for(self, labels: list[str]) -> torch.Tensor:
+        """The prompt ensemble of each label: each template's feature normalized, averaged, normalized."""
+        feats = self.text_features([t.format(label) for label in labels for t in self.templates])
+        return F.normalize(feats.view(len(labels), len(self.templates), -1).mean(1), dim=-1)
+
+    @torch.no_grad()
+    def classify(self, images: list[str], labels: list[str] | None, top_k: int) -> list[list[dict[str, Any]]]:
+        if labels:
+            weights, names = self.text_features_for(labels), labels
+        elif self._class_features is not None:
+            weights, names = self._class_features, self.classnames
+        else:
+            raise BadRequest("Give `labels`: this server was started without a `dataset` to read class names from.")
+        scale = self.clip.logit_scale.exp().clamp(max=100)
+        probs = (scale * self.image_features(images) @ weights.t()).softmax(-1)
+        top = probs.topk(min(top_k, len(names)), dim=-1)
+        return [
+            [{"label": names[c], "score": s} for c, s in zip(idx, val, strict=True)]
+            for idx, val in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        ]
+
+    @staticmethod
+    def _bytes(image: str, index: int) -> bytes:
+        if not isinstance(image, str):
+            raise BadRequest(f"image {index}: send each image as a base64 string.")
+        try:
+            data = base64.b64decode(image.split(",", 1)[-1] if image.startswith("data:") else image, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"image {index}: not valid base64.") from None
+        if len(data) > MAX_IMAGE_BYTES:
+            raise BadRequest(f"image {index}: {len(data)} bytes, more than the {MAX_IMAGE_BYTES} allowed.")
+        return data

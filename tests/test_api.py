@@ -1,0 +1,114 @@
+"""The API of a trained run: embeddings equal the stage's own features, classification equals the stage's
+predictions, bad uploads get a 400 with a message, and `llamafactory-cli api` routes `stage: clip` to it."""
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import time
+import types
+import urllib.request
+
+import pytest
+import torch
+from conftest import CLI, DATA_DIR, ROOT, TINY_CLIP, base_args
+from fastapi.testclient import TestClient
+from llamafactory.train.tuner import run_exp
+from transformers import CLIPModel, CLIPProcessor
+
+from llamafactory.clip_finetune.api.app import create_app
+from llamafactory.clip_finetune.api.predictor import ClipPredictor, parse_api_args
+from llamafactory.clip_finetune.integration.api import patch_api
+from llamafactory.clip_finetune.integration.seams import IncompatibleLlamaFactoryError
+
+
+SERVED = {"stage": "clip", "model_name_or_path": str(TINY_CLIP), "dataset": "fashion_mnist_train"}
+
+
+@pytest.fixture(scope="module")
+def client():
+    predictor = ClipPredictor(*parse_api_args({**SERVED, "dataset_dir": str(DATA_DIR)}), device="cpu")
+    return TestClient(create_app(predictor))
+
+
+def encoded(path) -> str:
+    return base64.b64encode(open(path, "rb").read()).decode()
+
+
+def test_text_embeddings_are_openai_shaped_and_equal_clips(client):
+    reply = client.post("/v1/embeddings", json={"input": ["a photo of a bag.", "a photo of a coat."]})
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["object"] == "list" and [d["index"] for d in body["data"]] == [0, 1] and body["usage"]["total_tokens"]
+    model = CLIPModel.from_pretrained(TINY_CLIP, dtype=torch.float32)
+    tokens = CLIPProcessor.from_pretrained(TINY_CLIP).tokenizer(
+        ["a photo of a bag.", "a photo of a coat."], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
+    assert torch.allclose(torch.tensor([d["embedding"] for d in body["data"]]), expected, atol=1e-5)
+
+
+def test_classification_agrees_with_the_stages_predictions(client, tmp_path):
+    run_exp(base_args(tmp_path, do_train=False, do_eval=False, do_predict=True, predict_dataset="fashion_mnist_test"))
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()][:12]
+    reply = client.post("/v1/classify", json={"images": [encoded(r["image"]) for r in rows], "top_k": 3})
+    assert reply.status_code == 200
+    for row, answer in zip(rows, reply.json()["data"], strict=True):
+        assert [t["label"] for t in answer["top_k"]] == [t["class"] for t in row["top_k"][:3]]
+        assert answer["top_k"][0]["score"] == pytest.approx(row["top_k"][0]["score"], abs=1e-5)
+    labels = client.post("/v1/classify", json={"images": [encoded(rows[0]["image"])], "labels": ["bag", "coat"]})
+    assert {t["label"] for t in labels.json()["data"][0]["top_k"]} == {"bag", "coat"}
+
+
+def test_bad_uploads_get_a_message(client):
+    reply = client.post("/v1/classify", json={"images": ["not base64!"]})
+    assert reply.status_code == 400 and "image 0: not valid base64" in reply.json()["detail"]
+    reply = client.post("/v1/classify", json={"images": [base64.b64encode(b"hello").decode()]})
+    assert reply.status_code == 400 and "image 0" in reply.json()["detail"]
+    reply = client.post("/v1/embeddings", json={"input": "x", "images": []})
+    assert reply.status_code == 200  # an empty image list means text
+    assert client.post("/v1/classify", json={"images": []}).status_code == 400
+
+
+def test_the_api_config_is_checked():
+    with pytest.raises(ValueError, match="Unknown key"):
+        parse_api_args({**SERVED, "learning_rate": 1.0})
+    with pytest.raises(ValueError, match="serves `stage: clip`"):
+        parse_api_args({"model_name_or_path": str(TINY_CLIP)})
+
+
+def test_a_moved_run_api_raises_one_clear_error():
+    with pytest.raises(IncompatibleLlamaFactoryError, match="run_api"):
+        patch_api(types.ModuleType("llamafactory.api.app"))
+
+
+def test_llamafactory_cli_api_serves_a_clip_config(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = os.pathsep.join([os.path.dirname(CLI), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "API_HOST": "127.0.0.1", "API_PORT": str(port)}
+    argv = [
+        CLI,
+        "api",
+        str(ROOT / "examples/clip/api.yaml"),
+        f"model_name_or_path={TINY_CLIP}",
+        f"dataset_dir={DATA_DIR}",
+    ]
+    server = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, models = time.time() + 120, None
+        while time.time() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as reply:
+                    models = json.load(reply)
+                break
+            except OSError:
+                time.sleep(1)
+        assert models is not None, server.stdout.read() if server.poll() is not None else "no answer"
+        assert models["data"][0]["id"] == str(TINY_CLIP)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
