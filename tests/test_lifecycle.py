@@ -16,7 +16,7 @@ from llamafactory.clip_finetune.methods.base import Method, set_trainable
 
 
 PACKAGE = Path(methods.__file__).resolve().parents[1]
-# lower layers never import higher ones: integration, webui > train > methods, tasks > model, data, dassl > hparams
+# lower layers never import higher ones: integration, webui, api > train > methods, tasks > model, data > hparams
 LAYERS = {
     "hparams": 0,
     "data": 1,
@@ -27,6 +27,7 @@ LAYERS = {
     "tasks": 2,
     "train": 3,
     "webui": 4,
+    "api": 4,
     "integration": 4,
 }
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 from conftest import DATA_DIR, ROOT, TINY_CLIP
 
@@ -35,6 +36,7 @@ def suite(grid, tmp_path, *extra):
     return subprocess.run([sys.executable, SUITE, str(path), *extra], capture_output=True, text=True, cwd=ROOT)
 
 
+@pytest.mark.slow  # runs the stage's CLI per cell
 def test_fewshot_grid_tables_resume_and_failures(tmp_path):
     grid = {
         "protocol": "fewshot",
@@ -78,6 +80,7 @@ def test_fewshot_grid_tables_resume_and_failures(tmp_path):
     assert json.loads(cell.read_text())["metrics"] == first["metrics"]  # the same seed gives the same result
 
 
+@pytest.mark.slow
 def test_base_to_new_reports_base_new_and_harmonic_mean(tmp_path):
     grid = {
         "protocol": "base_to_new",

@@ -93,7 +93,7 @@ def to_rgb8(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
         values = np.asarray(img).astype(np.uint32)
         if values.max(initial=0) > 65535:
             raise ValueError(f"{img.mode} pixels above 65535 (a 32-bit image); convert it to 8-bit first")
-        img = Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+        img = Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))  # a 2-D uint8 array is mode L
     elif img.mode == "F":
         raise ValueError("a floating-point image; convert it to 8-bit first")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
