@@ -48,6 +48,7 @@ I2T = [
         ("clip_lora.yaml", [*CLASSIFICATION, "max_steps=3"]),
         ("clip_lora.yaml", [*I2T, "max_steps=3", "templates=null"]),
         ("wise_ft.yaml", [*CLASSIFICATION, "wise_ft_alphas=[0.0,1.0]"]),
+        ("flyp.yaml", CLASSIFICATION),
     ],
 )
 def test_examples_run_with_the_tiny_checkpoint(tmp_path, example, extra):

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..data.overlap import describe
 from .base import HeadScores, Task
+from .contrastive import contrastive_loss
 from .ranking import topk_hits
 
 
@@ -24,8 +25,16 @@ class ClassificationTask(Task):
     has_classes: ClassVar[bool] = True
     text_frozen_by_default: ClassVar[bool] = True
 
-    def __init__(self, classnames: list[str], templates: list[str], tokenizer: Any, text_trainable: bool):
+    def __init__(
+        self,
+        classnames: list[str],
+        templates: list[str],
+        tokenizer: Any,
+        text_trainable: bool,
+        loss: str = "cross_entropy",
+    ):
         super().__init__()
+        self.loss = loss
         self.classnames = classnames
         self.templates = templates
         self.text_trainable = text_trainable
@@ -48,11 +57,19 @@ class ClassificationTask(Task):
     @classmethod
     def build(cls, datasets: Any, tokenizer: Any, clip: nn.Module, finetuning_args: Any) -> "ClassificationTask":
         text_trainable = any(p.requires_grad for n, p in clip.named_parameters() if "text_" in n)
-        return cls(datasets.classnames, datasets.templates, tokenizer, text_trainable)
+        return cls(
+            datasets.classnames, datasets.templates, tokenizer, text_trainable, finetuning_args.classification_loss
+        )
 
-    def encode_classes(self, model: nn.Module) -> torch.Tensor:
-        feats = model.encode_texts(self.prompt_ids, self.prompt_mask)
-        feats = feats.view(len(self.classnames), len(self.templates), -1).mean(dim=1)
+    def encode_classes(self, model: nn.Module, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """The prompt ensemble of every class (or of ``classes``): each template's feature normalized inside
+        ``encode_texts``, averaged, normalized."""
+        ids, mask, count = self.prompt_ids, self.prompt_mask, len(self.classnames)
+        if classes is not None:
+            rows = classes[:, None] * len(self.templates) + torch.arange(len(self.templates), device=ids.device)
+            ids, mask, count = ids[rows.flatten()], mask[rows.flatten()], len(classes)
+        feats = model.encode_texts(ids, mask)
+        feats = feats.view(count, len(self.templates), -1).mean(dim=1)
         return F.normalize(feats, dim=-1)
 
     @torch.no_grad()
@@ -75,11 +92,25 @@ class ClassificationTask(Task):
         self, model: nn.Module, pixel_values: torch.Tensor, labels=None, pooled=None, **_: Any
     ) -> dict[str, torch.Tensor]:
         image = model.image_features(pixel_values, pooled)
+        if self.loss == "contrastive_prompts" and labels is not None:
+            return self.prompt_contrastive(model, image, labels)
         logits = self.logits(model, image, self.class_weights(model))
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = F.cross_entropy(logits.float(), labels)
         return out
+
+    def prompt_contrastive(self, model: nn.Module, image: torch.Tensor, labels: torch.Tensor) -> dict:
+        """FLYP (Goyal et al., CVPR 2023): symmetric InfoNCE between each image and its class prompt's feature, the
+        batch's other pairs as negatives; images of one class share one prompt, as in the reference, whose captions
+        of one class are the same text. Only the batch's classes are encoded."""
+        if self.text_trainable:
+            classes, inverse = labels.unique(return_inverse=True)
+            text = self.encode_classes(model, classes)[inverse]
+        else:
+            text = self.class_features[labels]
+        loss, logits = contrastive_loss(image, text, model.logit_scale())
+        return {"loss": loss, "logits": logits}
 
     @torch.no_grad()
     def evaluate(

@@ -64,6 +64,8 @@ class ImageToTextTask(Task):
             raise ValueError("num_shots applies to classification (K images per class); remove it for image_to_text.")
         if data_args.subsample_classes != "all":
             raise ValueError("subsample_classes applies to classification.")
+        if finetuning_args.classification_loss != "cross_entropy":
+            raise ValueError("classification_loss applies to classification; image_to_text is contrastive already.")
         steps = finetuning_args.contrastive_accumulation_steps
         if steps < 1:
             raise ValueError(f"contrastive_accumulation_steps must be at least 1, got {steps}.")

@@ -39,6 +39,8 @@ class TipMethod(Method):
             raise ValueError(
                 f"tip_fixed_cache holds class labels: use it with a task that has classes, not {task.name}."
             )
+        if f.classification_loss != "cross_entropy":
+            raise ValueError("tip learns its cache with cross-entropy over the classes: remove classification_loss.")
         if len(f.tip_search_scale) != 2 or len(f.tip_search_step) != 2 or min(f.tip_search_step) < 1:
             raise ValueError("tip_search_scale and tip_search_step take two values each: [beta, alpha].")
         for key in ("tip_augment_epoch", "tip_cache_size"):
