@@ -30,6 +30,19 @@ DATASETS = {
 }
 
 
+def make_grid(tmp_path, protocol, methods, shots, seeds):
+    return {
+        "protocol": protocol,
+        "model": str(TINY_CLIP),
+        "output_dir": str(tmp_path / "out"),
+        "base": BASE,
+        "datasets": DATASETS,
+        "methods": methods,
+        "shots": shots,
+        "seeds": seeds,
+    }
+
+
 def suite(grid, tmp_path, *extra):
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))
@@ -38,20 +51,12 @@ def suite(grid, tmp_path, *extra):
 
 @pytest.mark.slow  # runs the stage's CLI per cell
 def test_fewshot_grid_tables_resume_and_failures(tmp_path):
-    grid = {
-        "protocol": "fewshot",
-        "model": str(TINY_CLIP),
-        "output_dir": str(tmp_path / "out"),
-        "base": BASE,
-        "datasets": DATASETS,
-        "methods": {
-            "zero_shot": {"do_train": False},
-            "full": {"finetuning_type": "full", "learning_rate": 3e-4},
-            "broken": {"finetuning_type": "lora", "lora_rank": 0},
-        },
-        "shots": [1, 2],
-        "seeds": [1, 2],
+    methods = {
+        "zero_shot": {"do_train": False},
+        "full": {"finetuning_type": "full", "learning_rate": 3e-4},
+        "broken": {"finetuning_type": "lora", "lora_rank": 0},
     }
+    grid = make_grid(tmp_path, "fewshot", methods, [1, 2], [1, 2])
     plan = suite(grid, tmp_path, "--dry-run")
     assert plan.returncode == 0 and "9 cells (0 finished, 9 to run)" in plan.stdout
 
@@ -82,16 +87,8 @@ def test_fewshot_grid_tables_resume_and_failures(tmp_path):
 
 @pytest.mark.slow
 def test_base_to_new_reports_base_new_and_harmonic_mean(tmp_path):
-    grid = {
-        "protocol": "base_to_new",
-        "model": str(TINY_CLIP),
-        "output_dir": str(tmp_path / "out"),
-        "base": BASE,
-        "datasets": DATASETS,
-        "methods": {"zero_shot": {"do_train": False}, "full": {"learning_rate": 3e-4}},
-        "shots": [2],
-        "seeds": [1],
-    }
+    methods = {"zero_shot": {"do_train": False}, "full": {"learning_rate": 3e-4}}
+    grid = make_grid(tmp_path, "base_to_new", methods, [2], [1])
     done = suite(grid, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = json.loads((tmp_path / "out/cells/full/fashion_mnist/2shot/seed1/cell.json").read_text())["metrics"]

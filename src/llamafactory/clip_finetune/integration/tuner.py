@@ -112,20 +112,30 @@ def config_stage(argv: list[str]) -> str | None:
     return stage
 
 
+def route_clip_command(module: ModuleType, name: str, argv_start: int, clip_call: Any) -> None:
+    """Replace ``module.name`` (once) by a function that calls ``clip_call()`` when the command line's config asks
+    for ``stage: clip`` (``sys.argv[argv_start:]``: the config and its overrides) and ``module.name`` otherwise."""
+    original = getattr(module, name)
+    if getattr(original, "__clip_stage_original__", None) is not None:
+        return
+
+    @functools.wraps(original)
+    def routed(*args: Any, **kwargs: Any) -> Any:
+        if config_stage(sys.argv[argv_start:]) == "clip":
+            return clip_call()
+        return original(*args, **kwargs)
+
+    routed.__clip_stage_original__ = original
+    setattr(module, name, routed)
+
+
 def patch_v1_launcher(launcher: ModuleType) -> None:
     """A clear error instead of a failure deep inside the v1 SFT parser."""
     problems: list[str] = []
     check_function(launcher, "launch", [], problems)
     require(launcher, problems)
-    original = launcher.launch
-    if getattr(original, "__clip_stage_original__", None) is not None:
-        return
 
-    @functools.wraps(original)
-    def launch(*args: Any, **kwargs: Any) -> Any:
-        if config_stage(sys.argv[2:]) == "clip":
-            raise SystemExit(V1_MESSAGE)
-        return original(*args, **kwargs)
+    def refuse() -> None:
+        raise SystemExit(V1_MESSAGE)
 
-    launch.__clip_stage_original__ = original
-    launcher.launch = launch
+    route_clip_command(launcher, "launch", 2, refuse)  # `launch` runs before the command is popped from argv
