@@ -25,7 +25,7 @@ RUN_RECORD = "clip_run.json"
 LOCK_FILE = ".clip_run.lock"
 # what LLaMA Board and the CLIP tab write into output_dir before the run starts (besides the arguments' yaml), and
 # trainer_log.jsonl, which alone, without model files, is the trace of a run that stopped before saving
-LAUNCHER_FILES = {"running_log.txt", "webui_process.log", "trainer_log.jsonl"}
+LAUNCHER_FILES = {"running_log.txt", "trainer_log.jsonl"}  # LLaMA-Factory's logs of a run
 # the stage's own bookkeeping: its lock files and the temporary files of its atomic writes (``*.tmp``)
 OWN_FILES = re.compile(r"^(\.clip_run\.lock|\.tip_cache\.lock|.*\.tmp)$")
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -57,8 +57,9 @@ LENGTH_KEYS = ("num_train_epochs", "max_steps")
 
 
 def is_bookkeeping(name: str) -> bool:
-    """Files that do not make a folder another run's: launcher traces, argument yamls, the stage's locks/temps."""
-    return name in LAUNCHER_FILES or name.endswith(".yaml") or bool(OWN_FILES.match(name))
+    """Files that do not make a folder another run's: LLaMA-Factory's logs, a launcher's argument yamls and process
+    logs (``*.yaml``, ``*.log``), the stage's locks and temporary files."""
+    return name in LAUNCHER_FILES or name.endswith((".yaml", ".log")) or bool(OWN_FILES.match(name))
 
 
 def run_record(model_args, data_args, training_args, finetuning_args) -> dict[str, Any]:

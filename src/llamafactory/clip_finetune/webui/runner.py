@@ -23,7 +23,7 @@ from .locales import alert
 from .options import ARGS_FILE, command
 
 
-PROCESS_LOG = "webui_process.log"  # the child's stdout and stderr, shown when it fails (see LAUNCHER_FILES)
+PROCESS_LOG = "webui_process.log"  # the child's stdout and stderr, shown when it fails (a `.log`: bookkeeping)
 POLL_S = 1.0
 ABORT_WINDOW_S = 10.0  # an Abort clicked this shortly before a launch (while Start was validating) cancels it
 
