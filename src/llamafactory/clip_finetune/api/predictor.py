@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 from transformers import HfArgumentParser
 
 from ..data import get_dataset_attrs
@@ -15,7 +15,8 @@ from ..data.readers import read_samples
 from ..data.templates import DEFAULT_TEMPLATES
 from ..data.transforms import ImageSpec
 from ..hparams import ClipDataArguments, ClipModelArguments
-from ..model import load_clip
+from ..model import ClipTaskModel, load_clip
+from ..tasks import ClassificationTask
 
 
 MAX_IMAGE_BYTES = 20 * 2**20  # a request's image, decoded as it is sent (base64 text is 4/3 of this)
@@ -39,13 +40,18 @@ def parse_api_args(args: dict[str, Any]) -> tuple[ClipModelArguments, ClipDataAr
 
 
 class ClipPredictor:
+    """The run as the stage evaluates it: a ``ClipTaskModel`` (on-device normalization, the run's image size and
+    position-embedding interpolation) and class features by ``ClassificationTask``'s prompt ensemble."""
+
     def __init__(self, model_args: ClipModelArguments, data_args: ClipDataArguments, device: str | None = None):
         self.name = model_args.model_name_or_path
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         clip, self.processor = load_clip(model_args)
-        self.clip = clip.to(self.device).eval()
-        self.spec = ImageSpec.from_processor(self.processor.image_processor, data_args)
-        self.transform = self.spec.eval_transform()
+        spec = ImageSpec.from_processor(self.processor.image_processor, data_args)
+        self.transform = spec.eval_transform()
+        # no task: the server calls the model's feature methods, never its training forward
+        self.model = ClipTaskModel(clip, nn.Identity(), spec, model_args.interpolate_pos_encoding)
+        self.model.to(self.device).eval()
         self.templates = data_args.templates or DEFAULT_TEMPLATES
         self.classnames: list[str] | None = None
         if data_args.dataset:  # its class names and templates, as a run on it uses them
@@ -65,22 +71,18 @@ class ClipPredictor:
                 pixels.append(self.transform({"bytes": self._bytes(image, i)}, f"image {i}"))
             except (OSError, ValueError) as err:  # not an image Pillow reads
                 raise BadRequest(str(err) if isinstance(err, BadRequest) else f"image {i}: {err}") from None
-        pixels = torch.stack(pixels)
-        x = pixels.to(self.device, torch.float32) / 255.0
-        if self.spec.normalize:
-            mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
-            x = (x - mean) / torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
-        return F.normalize(self.clip.get_image_features(pixel_values=x).pooler_output, dim=-1)
+        return self.model.image_features(torch.stack(pixels).to(self.device))
 
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
-        return F.normalize(self.clip.get_text_features(**tokens).pooler_output, dim=-1)
+        tokens = self.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        return self.model.encode_texts(tokens["input_ids"], tokens["attention_mask"])
 
+    @torch.no_grad()
     def text_features_for(self, labels: list[str]) -> torch.Tensor:
-        """The prompt ensemble of each label: each template's feature normalized, averaged, normalized."""
-        feats = self.text_features([t.format(label) for label in labels for t in self.templates])
-        return F.normalize(feats.view(len(labels), len(self.templates), -1).mean(1), dim=-1)
+        """The prompt ensemble of each label, as classification builds its class features."""
+        task = ClassificationTask(labels, self.templates, self.processor.tokenizer, False).to(self.device)
+        return task.encode_classes(self.model)
 
     @torch.no_grad()
     def classify(self, images: list[str], labels: list[str] | None, top_k: int) -> list[list[dict[str, Any]]]:
@@ -90,8 +92,7 @@ class ClipPredictor:
             weights, names = self._class_features, self.classnames
         else:
             raise BadRequest("Give `labels`: this server was started without a `dataset` to read class names from.")
-        scale = self.clip.logit_scale.exp().clamp(max=100)
-        probs = (scale * self.image_features(images) @ weights.t()).softmax(-1)
+        probs = (self.model.logit_scale() * self.image_features(images) @ weights.t()).softmax(-1)
         top = probs.topk(min(top_k, len(names)), dim=-1)
         return [
             [{"label": names[c], "score": s} for c, s in zip(idx, val, strict=True)]

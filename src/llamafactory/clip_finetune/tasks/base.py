@@ -77,8 +77,11 @@ class Task(nn.Module):
     def evaluate(self, model: nn.Module, batches: Iterable[dict], gather: Callable, dataset: Any) -> dict[str, float]:
         raise NotImplementedError
 
-    def predict(self, model: nn.Module, batches: Iterable[dict], gather: Callable, dataset: Any, top_k: int) -> list:
-        """One JSON-ready row per query (``do_predict``: output_dir/predictions.jsonl), in dataset order."""
+    def predict(
+        self, model: nn.Module, batches: Iterable[dict], gather: Callable, dataset: Any, top_k: int
+    ) -> tuple[list, dict[str, float]]:
+        """One JSON-ready row per query (``do_predict``: output_dir/predictions.jsonl), in dataset order, and the
+        ``evaluate`` metrics of the same pass."""
         raise NotImplementedError
 
     def head_values(self, model: nn.Module, train: Any) -> torch.Tensor:

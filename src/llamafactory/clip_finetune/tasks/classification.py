@@ -116,16 +116,25 @@ class ClassificationTask(Task):
     def evaluate(
         self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], gather: Callable, dataset
     ) -> dict:
+        return self.scan(model, batches, gather)[1]
+
+    @torch.no_grad()
+    def scan(self, model: nn.Module, batches: Iterable[dict], gather: Callable, top_k: int | None = None):
+        """One pass over the batches: the tie-aware top-1/top-5 hits as metrics and, with ``top_k``, each image's
+        ``top_k`` class probabilities (softmax of the logits) and label, gathered across ranks."""
         if self.text_trainable:
             self.class_features = self.encode_classes(model).float()
-        weights = self.class_features
-        hits: dict[int, list[torch.Tensor]] = {1: [], 5: []}
+        parts: list[tuple] = []
         for batch in batches:
-            image = model.image_features(batch["pixel_values"]).float()
-            found = topk_hits(self.logits(model, image, weights), batch["labels"], tuple(hits))
-            for k, value in zip(hits, gather(tuple(found.values())), strict=True):
-                hits[k].append(value)
-        return {"accuracy": torch.cat(hits[1]).mean().item(), "top5_accuracy": torch.cat(hits[5]).mean().item()}
+            logits = self.logits(model, model.image_features(batch["pixel_values"]).float(), self.class_features)
+            found = tuple(topk_hits(logits, batch["labels"], (1, 5)).values())
+            if top_k is not None:
+                top = logits.float().softmax(-1).topk(min(top_k, len(self.classnames)), dim=-1)
+                found += (top.values, top.indices, batch["labels"])
+            parts.append(gather(found))
+        columns = [torch.cat(column) for column in zip(*parts, strict=True)]
+        metrics = {"accuracy": columns[0].mean().item(), "top5_accuracy": columns[1].mean().item()}
+        return columns[2:], metrics
 
     def head_values(self, model: nn.Module, train: Any) -> torch.Tensor:
         """One-hot labels: a head's cached keys vote for their images' classes."""
@@ -138,20 +147,14 @@ class ClassificationTask(Task):
         base = model.logit_scale().float() * features @ self.class_features.t()
         return HeadScores(base, values, torch.arange(len(labels), device=labels.device), labels)
 
-    @torch.no_grad()
-    def predict(self, model: nn.Module, batches: Iterable[dict], gather: Callable, dataset: Any, top_k: int) -> list:
-        """Each image's ``top_k`` classes with their probabilities (softmax of the logits, a head included), and
-        its label."""
-        if self.text_trainable:
-            self.class_features = self.encode_classes(model).float()
-        k = min(top_k, len(self.classnames))
-        found = []
-        for batch in batches:
-            image = model.image_features(batch["pixel_values"]).float()
-            top = self.logits(model, image, self.class_features).float().softmax(-1).topk(k, dim=-1)
-            found.append(gather((top.values, top.indices, batch["labels"])))
-        scores, indices, labels = (torch.cat(part).tolist() for part in zip(*found, strict=True))
-        return [
+    def predict(
+        self, model: nn.Module, batches: Iterable[dict], gather: Callable, dataset: Any, top_k: int
+    ) -> tuple[list, dict]:
+        """Each image's ``top_k`` classes with their probabilities (a head included) and its label; and the
+        accuracy of the same pass."""
+        columns, metrics = self.scan(model, batches, gather, top_k)
+        scores, indices, labels = (column.tolist() for column in columns)
+        rows = [
             {
                 "image": describe(dataset.samples.images[n]),
                 "label": self.classnames[labels[n]],
@@ -161,3 +164,4 @@ class ClassificationTask(Task):
             }
             for n in range(len(labels))
         ]
+        return rows, metrics

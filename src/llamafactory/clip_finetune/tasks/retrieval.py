@@ -113,11 +113,15 @@ class ImageToTextTask(Task):
     def evaluate(
         self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], gather: Callable, dataset
     ) -> dict:
+        return recall_at_k(self.similarities(model, batches, gather, dataset), dataset.caption_image)
+
+    @staticmethod
+    def similarities(model: nn.Module, batches: Iterable[dict], gather: Callable, dataset: Any) -> torch.Tensor:
+        """[images, captions] cosine similarities of the dataset's images (a head included) and all its captions."""
         images = torch.cat(
-            [gather(self.query(model, model.image_features(batch["pixel_values"]).float())) for batch in batches]
+            [gather(ImageToTextTask.query(model, model.image_features(b["pixel_values"]).float())) for b in batches]
         )
-        texts = model.encode_texts(dataset.input_ids, dataset.attention_mask).float()
-        return recall_at_k(images @ texts.t(), dataset.caption_image)
+        return images @ model.encode_texts(dataset.input_ids, dataset.attention_mask).float().t()
 
     @torch.no_grad()
     def head_values(self, model: nn.Module, train: CaptionSet) -> torch.Tensor:
@@ -140,13 +144,12 @@ class ImageToTextTask(Task):
         )
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, batches: Iterable[dict], gather: Callable, dataset: Any, top_k: int) -> list:
+    def predict(
+        self, model: nn.Module, batches: Iterable[dict], gather: Callable, dataset: Any, top_k: int
+    ) -> tuple[list, dict]:
         """Each image's ``top_k`` captions and each caption's ``top_k`` images, by cosine similarity (a head
-        included), with the captions each image has."""
-        images = torch.cat(
-            [gather(self.query(model, model.image_features(batch["pixel_values"]).float())) for batch in batches]
-        )
-        sims = images @ model.encode_texts(dataset.input_ids, dataset.attention_mask).float().t()
+        included), with the captions each image has; and the Recall@K of the same similarities."""
+        sims = self.similarities(model, batches, gather, dataset)
         captions = [caption for own in dataset.samples.captions for caption in own]
         names = [describe(image) for image in dataset.samples.images]
         by_image = sims.topk(min(top_k, sims.shape[1]), dim=1)
@@ -170,4 +173,4 @@ class ImageToTextTask(Task):
             }
             for j, (idx, val) in enumerate(zip(by_caption.indices.tolist(), by_caption.values.tolist(), strict=True))
         ]
-        return rows
+        return rows, recall_at_k(sims, dataset.caption_image)

@@ -223,28 +223,31 @@ class ClipTrainer(Trainer):
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
-    def predictions(self, dataset: Any, top_k: int) -> list[dict[str, Any]]:
-        """The task's top-k rows for every item of ``dataset`` (gathered across ranks, in dataset order)."""
+    def _task_pass(self, dataset: Any, call: Any) -> Any:
+        """``call(model, batches, gather)`` over ``dataset`` in eval mode, without gradients, gathered across ranks."""
         model = self.model
         was_training = model.training
         model.eval()
         batches = (self._prepare_inputs(batch) for batch in self.get_eval_dataloader(dataset))
         with torch.no_grad(), self.autocast_smart_context_manager():
-            rows = model.task.predict(model, batches, self.accelerator.gather_for_metrics, dataset, top_k)
+            result = call(model, batches, self.accelerator.gather_for_metrics)
         model.train(was_training)
-        return rows
+        return result
+
+    def predictions(self, dataset: Any, top_k: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """The task's top-k rows for every item of ``dataset`` (in dataset order) and its metrics as predict_*,
+        from one pass."""
+        rows, metrics = self._task_pass(dataset, lambda m, b, g: m.task.predict(m, b, g, dataset, top_k))
+        metrics = {f"predict_{key}": value for key, value in metrics.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics)
+        return rows, metrics
 
     def evaluate(
         self, eval_dataset: Any | None = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        model = self.model
-        was_training = model.training
-        model.eval()
-        batches = (self._prepare_inputs(batch) for batch in self.get_eval_dataloader(dataset))
-        with torch.no_grad(), self.autocast_smart_context_manager():
-            metrics = model.task.evaluate(model, batches, self.accelerator.gather_for_metrics, dataset)
-        model.train(was_training)
+        metrics = self._task_pass(dataset, lambda m, b, g: m.task.evaluate(m, b, g, dataset))
         metrics = {f"{metric_key_prefix}_{key}": value for key, value in metrics.items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

@@ -75,13 +75,12 @@ def run_clip(
 def predict(run: Run) -> None:
     """output_dir/predictions.jsonl (top-k per query), and the task's metrics on the predict set as predict_*."""
     trainer, data_args = run.trainer, run.data_args
-    rows = trainer.predictions(run.datasets.predict, data_args.predict_top_k)
+    rows, metrics = trainer.predictions(run.datasets.predict, data_args.predict_top_k)
     if trainer.is_world_process_zero():
         path = os.path.join(run.training_args.output_dir, PREDICTIONS_FILE)
         os.makedirs(run.training_args.output_dir, exist_ok=True)
         write_json_atomic(path, rows, lines=True)
         logger.info_rank0(f"Predictions for {len(rows)} queries of {data_args.predict_dataset} written to {path}.")
-    metrics = trainer.evaluate(run.datasets.predict, metric_key_prefix="predict")
     trainer.log_metrics("predict", metrics)
     trainer.save_metrics("predict", metrics)
 
