@@ -1,3 +1,4 @@
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,6 +20,14 @@ def resolve_backbone(name: str) -> str:
             f"Use one of {', '.join(BACKBONES)}, a Hugging Face CLIP checkpoint or a local CLIP directory."
         )
     return BACKBONES.get(name, name)
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_dir(path: str) -> bool:
+    """A PEFT run's output (LoRA, CLIP-Adapter, VPT): an adapter over the base checkpoint it names."""
+    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
 
 
 @dataclass

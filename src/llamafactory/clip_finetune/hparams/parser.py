@@ -18,7 +18,7 @@ from transformers import HfArgumentParser
 
 from .data_args import ClipDataArguments
 from .finetuning_args import ClipFinetuningArguments
-from .model_args import ClipModelArguments
+from .model_args import ClipModelArguments, is_adapter_dir
 from .training_defaults import STAGE_DEFAULTS
 
 
@@ -186,7 +186,7 @@ def _check(model_args, data_args, training_args, finetuning_args) -> None:
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size"):
         if getattr(training_args, key) < 1:
             raise ValueError(f"{key} must be at least 1, got {getattr(training_args, key)}.")
-    if training_args.do_train and os.path.isfile(os.path.join(model_args.model_name_or_path, "adapter_config.json")):
+    if training_args.do_train and is_adapter_dir(model_args.model_name_or_path):
         raise ValueError(
             f"model_name_or_path: `{model_args.model_name_or_path}` holds a PEFT adapter, which this stage evaluates "
             "and predicts with (do_eval, do_predict) but does not train further: train from its base checkpoint."

@@ -23,6 +23,11 @@ def get_method(finetuning_type: str) -> type[Method]:
     return METHODS[finetuning_type]
 
 
+def _having(flag: str) -> list[str]:
+    """The registered methods with ``flag`` set, by name."""
+    return sorted(name for name, method in METHODS.items() if getattr(method, flag))
+
+
 def check_method_args(args: tuple, task: type) -> type[Method]:
     """What holds for every method, then the method's own checks and defaults; returns the method."""
     _, data_args, training_args, f = args
@@ -40,13 +45,13 @@ def check_method_args(args: tuple, task: type) -> type[Method]:
                 reason = why.format(method=method.name) if why else f"this run's finetuning_type is {method.name}"
                 raise ValueError(f"{key} applies to {other.name}: {reason}; remove it or change finetuning_type.")
     if f.abs and not method.selectable:
-        usable = sorted(name for name, m in METHODS.items() if m.selectable)
-        raise ValueError(f"abs selects among existing weights: use it with {' or '.join(usable)}, not {method.name}.")
+        usable = " or ".join(_having("selectable"))
+        raise ValueError(f"abs selects among existing weights: use it with {usable}, not {method.name}.")
     if f.wise_ft_alphas:
-        usable = sorted(name for name, m in METHODS.items() if m.weight_delta)
         if not method.weight_delta:
             raise ValueError(
-                f"wise_ft_alphas interpolates changed weights: use it with {', '.join(usable)}, not {method.name} "
+                f"wise_ft_alphas interpolates changed weights: use it with {', '.join(_having('weight_delta'))}, "
+                f"not {method.name} "
                 "(its result is new computation, not a change of the zero-shot weights)."
             )
         if not (training_args.do_train and data_args.val_dataset):

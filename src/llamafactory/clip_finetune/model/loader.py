@@ -1,11 +1,12 @@
 """Load a Hugging Face CLIP checkpoint and its processor (tokenizer + image processor)."""
 
-import os
 from typing import TYPE_CHECKING
 
 import torch
 from llamafactory.extras import logging
 from transformers import AutoConfig, CLIPConfig, CLIPModel, CLIPProcessor
+
+from ..hparams.model_args import ADAPTER_CONFIG, is_adapter_dir
 
 
 if TYPE_CHECKING:
@@ -13,14 +14,6 @@ if TYPE_CHECKING:
 
 
 logger = logging.get_logger(__name__)
-
-
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-def is_adapter_dir(path: str) -> bool:
-    """A PEFT run's output (LoRA, CLIP-Adapter, VPT): an adapter over the base checkpoint it names."""
-    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
 
 
 def load_clip(model_args: "ClipModelArguments") -> tuple[CLIPModel, CLIPProcessor]:
