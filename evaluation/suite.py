@@ -138,21 +138,32 @@ def _trainable(log: str) -> int | None:
     return int(found[-1].replace(",", "")) if found else None
 
 
+def stage_run(args: dict, config: str) -> tuple[str, dict | None]:
+    """``llamafactory-cli train`` on ``args`` (written to ``config``): its output, and its eval_* metrics without
+    the prefix (None when it failed)."""
+    with open(config, "w", encoding="utf-8") as f:
+        yaml.safe_dump(args, f)
+    done = subprocess.run([CLI, "train", config], capture_output=True, text=True)
+    log = done.stdout + done.stderr
+    if done.returncode != 0:
+        return log, None
+    with open(os.path.join(args["output_dir"], "all_results.json"), encoding="utf-8") as f:
+        return log, {k[len("eval_") :]: v for k, v in json.load(f).items() if k.startswith("eval_")}
+
+
+def last_line(log: str) -> str:
+    return log.strip().splitlines()[-1] if log.strip() else "?"
+
+
 def run_cell(cell: dict, protocol: str) -> dict:
     """One cell through ``llamafactory-cli train``; base-to-new adds an evaluation of the new classes."""
     folder = cell["args"]["output_dir"]
     os.makedirs(folder, exist_ok=True)
-    config = os.path.join(folder, "cell.yaml")
-    with open(config, "w", encoding="utf-8") as f:
-        yaml.safe_dump(cell["args"], f)
     start = time.perf_counter()
-    done = subprocess.run([CLI, "train", config], capture_output=True, text=True)
-    log = done.stdout + done.stderr
+    log, metrics = stage_run(cell["args"], os.path.join(folder, "cell.yaml"))
     record = {"args": cell["args"], "wall_s": round(time.perf_counter() - start, 1), "trainable": _trainable(log)}
-    if done.returncode != 0:
-        return {**record, "status": "failed", "error": log.strip().splitlines()[-1] if log.strip() else "?"}
-    with open(os.path.join(folder, "all_results.json"), encoding="utf-8") as f:
-        metrics = {k[len("eval_") :]: v for k, v in json.load(f).items() if k.startswith("eval_")}
+    if metrics is None:
+        return {**record, "status": "failed", "error": last_line(log)}
     if protocol == "base_to_new":
         new_args = {**cell["args"], "subsample_classes": "new", "do_train": False}
         new_args.update(output_dir=os.path.join(folder, "new"))
@@ -160,16 +171,10 @@ def run_cell(cell: dict, protocol: str) -> dict:
             new_args["model_name_or_path"] = folder
         new_args.pop("dataset", None)
         new_args.pop("num_shots", None)
-        new_config = os.path.join(folder, "new.yaml")
-        with open(new_config, "w", encoding="utf-8") as f:
-            yaml.safe_dump(new_args, f)
-        again = subprocess.run([CLI, "train", new_config], capture_output=True, text=True)
-        if again.returncode != 0:
-            tail = (again.stdout + again.stderr).strip().splitlines()
-            return {**record, "status": "failed", "error": "new classes: " + (tail[-1] if tail else "?")}
-        with open(os.path.join(folder, "new", "all_results.json"), encoding="utf-8") as f:
-            new = json.load(f)["eval_accuracy"]
-        base = metrics["accuracy"]
+        log, new = stage_run(new_args, os.path.join(folder, "new.yaml"))
+        if new is None:
+            return {**record, "status": "failed", "error": "new classes: " + last_line(log)}
+        base, new = metrics["accuracy"], new["accuracy"]
         metrics = {"base": base, "new": new, "hm": 2 * base * new / (base + new) if base + new else 0.0}
     return {**record, "status": "done", "metrics": metrics}
 

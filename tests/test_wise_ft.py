@@ -7,6 +7,8 @@ from conftest import TINY_CLIP, base_args, i2t_args, read_json
 from llamafactory.train.tuner import run_exp
 from safetensors.torch import load_file
 
+from llamafactory.clip_finetune.train.arguments import check_clip_args
+
 
 ALPHAS = [0.0, 0.5, 1.0]
 
@@ -71,3 +73,5 @@ def test_wise_ft_is_refused_where_it_cannot_apply(tmp_path):
         run_exp(base_args(tmp_path, wise_ft_alphas=[0.5]))
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
         run_exp(base_args(tmp_path, val_dataset="fashion_mnist_val", wise_ft_alphas=[1.5]))
+    with pytest.raises(ValueError, match="run it without FSDP or DeepSpeed"):  # before any training
+        check_clip_args(base_args(tmp_path, val_dataset="fashion_mnist_val", wise_ft_alphas=[0.5], fsdp="full_shard"))

@@ -58,6 +58,10 @@ def check_method_args(args: tuple, task: type) -> type[Method]:
             raise ValueError("wise_ft_alphas picks alpha on the validation split: set do_train and val_dataset.")
         if any(not 0 <= alpha <= 1 for alpha in f.wise_ft_alphas):
             raise ValueError(f"wise_ft_alphas must lie in [0, 1], got {f.wise_ft_alphas}.")
+        if training_args.fsdp or training_args.deepspeed:  # sharded tensors: refused before training, not after
+            raise ValueError(
+                "wise_ft_alphas interpolates whole tensors: run it without FSDP or DeepSpeed (DDP works)."
+            )
     if training_args.ddp_find_unused_parameters is None:
         training_args.ddp_find_unused_parameters = method.stops_gradients(f)
     method.check(args, task)

@@ -44,8 +44,6 @@ def alpha_key(alpha: float) -> str:
 def run_wise_ft(run: "Run", method: "Method", start: dict[str, torch.Tensor]) -> dict[str, float]:
     """Save the pure finetune, evaluate every alpha (val, and eval when given), keep the best alpha on val."""
     trainer, f = run.trainer, run.finetuning_args
-    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        raise ValueError("wise_ft_alphas interpolates whole tensors: run it without FSDP or DeepSpeed (DDP works).")
     trainer.save_model(os.path.join(run.training_args.output_dir, FINETUNED_DIR))
     params = method.delta_parameters(run.model.clip)
     end = snapshot(params)
