@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor, TrainerCallback, TrainingArguments
 
+from llamafactory.clip_finetune.data.datasets import EpochSeeded
 from llamafactory.clip_finetune.data.transforms import ImageSpec
 from llamafactory.clip_finetune.hparams import ClipDataArguments, ClipFinetuningArguments
 from llamafactory.clip_finetune.hparams.training_defaults import STAGE_DEFAULTS
@@ -64,7 +65,10 @@ CLASSES = [f"class {i}" for i in range(100)]
 MAX_GRAD_NORM = 1.0  # the Trainer's default; the plain loop clips too
 
 
-class UInt8Images(Dataset):
+class UInt8Images(EpochSeeded, Dataset):
+    """Random uint8 images and labels that follow the stage's dataset contract (``tasks.TrainingSet``); they have no
+    random augmentation, so an item is the same in every epoch."""
+
     def __init__(self, n: int, size: int, classes: int):
         generator = torch.Generator().manual_seed(0)
         self.images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
@@ -73,13 +77,13 @@ class UInt8Images(Dataset):
     def __len__(self):
         return len(self.images)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i, epoch=None):
         return {"pixel_values": self.images[i], **self.targets(i)}
 
     def targets(self, i):
         return {"labels": self.labels[i]}
 
-    def batch_targets(self, indices):
+    def batch_targets(self, indices, generator=None):
         return {"labels": self.labels[indices]}
 
 
@@ -97,8 +101,12 @@ def build_model(tiny: bool, attn: str) -> CLIPModel:
 
 
 def classification_args(**keys) -> ClipFinetuningArguments:
-    """A method's arguments as a classification run resolves them (the task freezes the text tower by default)."""
-    return ClipFinetuningArguments(freeze_text_tower=True, **keys)
+    """A method's arguments as a classification run resolves them: the task's defaults (a frozen text tower), then
+    the method's (e.g. LoRA's rank and targets). Only the finetuning arguments are read by these methods' checks."""
+    finetuning = ClipFinetuningArguments(**keys)
+    ClassificationTask.check(None, finetuning)
+    get_method(finetuning.finetuning_type).check((None, None, None, finetuning), ClassificationTask)
+    return finetuning
 
 
 def build_task_model(clip: CLIPModel, processor: CLIPProcessor, size: int) -> ClipTaskModel:
@@ -281,6 +289,7 @@ def run_adapter_cache(opts, processor, data, size, device) -> dict:
         timer = EpochTimer()
         start = time.perf_counter()
         trainer = ClipTrainer(model=model, args=args, train_dataset=data, callbacks=[timer])
+        model.task.setup(model)  # the frozen class features, as the stage's pipeline computes them once
         if cached:  # what a run of a method with a frozen image tower does before training
             trainer.train_dataset = cache_image_views(trainer, data, opts.views)
         build = time.perf_counter() - start

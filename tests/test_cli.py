@@ -49,6 +49,7 @@ I2T = [
         ("clip_lora.yaml", [*I2T, "max_steps=3", "templates=null"]),
         ("wise_ft.yaml", [*CLASSIFICATION, "wise_ft_alphas=[0.0,1.0]"]),
         ("flyp.yaml", CLASSIFICATION),
+        ("i2t_large_batch.yaml", ["max_samples=32", "per_device_train_batch_size=4"]),
     ],
 )
 def test_examples_run_with_the_tiny_checkpoint(tmp_path, example, extra):
@@ -57,7 +58,7 @@ def test_examples_run_with_the_tiny_checkpoint(tmp_path, example, extra):
     results = read_json(tmp_path / "all_results.json")
     assert (
         "eval_i2t_r1" in results
-        if "clip_task=image_to_text" in extra or example == "i2t_full.yaml"
+        if "clip_task=image_to_text" in extra or example.startswith("i2t_")
         else ("eval_accuracy" in results)
     )
     if example == "tip.yaml":  # training-free: no step, so no loss log; the cache is the result

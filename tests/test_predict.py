@@ -4,7 +4,7 @@ its output dir for prediction."""
 import json
 
 import pytest
-from conftest import base_args, i2t_args, read_json
+from conftest import DATA_DIR, ROOT, TINY_CLIP, base_args, i2t_args, read_json, run_cli
 from llamafactory.train.tuner import run_exp
 
 
@@ -59,8 +59,25 @@ def read_json_zero_shot(tmp_path):
 def test_predict_settings_are_checked(tmp_path):
     with pytest.raises(ValueError, match="do_predict needs `predict_dataset`"):
         run_exp(base_args(tmp_path / "a", do_predict=True))
+    with pytest.raises(ValueError, match="predict_top_k must be at least 1, got 0"):
+        run_exp(base_args(tmp_path / "k", do_predict=True, predict_dataset="fashion_mnist_test", predict_top_k=0))
     with pytest.raises(ValueError, match="predict_dataset is read by do_predict"):
         run_exp(base_args(tmp_path / "b", predict_dataset="fashion_mnist_test"))
     run_exp(base_args(tmp_path / "lora", finetuning_type="lora", do_eval=False))
     with pytest.raises(ValueError, match="holds a PEFT adapter"):
         run_exp(base_args(tmp_path / "c", model_name_or_path=str(tmp_path / "lora")))
+
+
+def test_the_predict_example_runs_from_the_cli(tmp_path):
+    done = run_cli(
+        [
+            "train",
+            str(ROOT / "examples" / "clip" / "predict.yaml"),
+            f"model_name_or_path={TINY_CLIP}",
+            f"dataset_dir={DATA_DIR}",
+            f"output_dir={tmp_path}",
+        ]
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert len(rows(tmp_path)) == 200 and len(rows(tmp_path)[0]["top_k"]) == 5
+    assert "predict_accuracy" in read_json(tmp_path / "all_results.json")
