@@ -33,7 +33,7 @@ from llamafactory.clip_finetune.hparams.training_defaults import STAGE_DEFAULTS
 from llamafactory.clip_finetune.methods import get_method
 from llamafactory.clip_finetune.methods.abs import AbsCallback
 from llamafactory.clip_finetune.methods.feature_cache import cache_image_views
-from llamafactory.clip_finetune.model import ClipTaskModel
+from llamafactory.clip_finetune.model import ClipTaskModel, TextTokenizer
 from llamafactory.clip_finetune.tasks import ClassificationTask
 from llamafactory.clip_finetune.train.trainer import ClipTrainer
 
@@ -113,7 +113,9 @@ def build_task_model(clip: CLIPModel, processor: CLIPProcessor, size: int) -> Cl
     spec = ImageSpec.from_processor(processor.image_processor, ClipDataArguments(image_size=size))
     finetuning = classification_args()
     clip = get_method("full")().prepare(clip, finetuning, argparse.Namespace(do_train=True))
-    return ClipTaskModel(clip, ClassificationTask(CLASSES, ["a photo of a {}."], processor.tokenizer, False), spec)
+    return ClipTaskModel(
+        clip, ClassificationTask(CLASSES, ["a photo of a {}."], TextTokenizer(processor.tokenizer), False), spec
+    )
 
 
 def state_bytes(optimizer, model) -> int:
@@ -269,7 +271,7 @@ def run_adapter_cache(opts, processor, data, size, device) -> dict:
         adapter_args = classification_args(finetuning_type="adapter")
         clip = get_method("adapter")().prepare(clip, adapter_args, argparse.Namespace(do_train=True))
         spec = ImageSpec.from_processor(processor.image_processor, ClipDataArguments(image_size=size))
-        task = ClassificationTask(CLASSES, ["a photo of a {}."], processor.tokenizer, False)
+        task = ClassificationTask(CLASSES, ["a photo of a {}."], TextTokenizer(processor.tokenizer), False)
         model = ClipTaskModel(clip, task, spec).to(device)
         args = TrainingArguments(
             output_dir=opts.output_dir,
@@ -326,7 +328,7 @@ def run_methods(opts, processor, data, size, device) -> dict:
         )
         spec = ImageSpec.from_processor(processor.image_processor, ClipDataArguments(image_size=size))
         model = ClipTaskModel(
-            clip, ClassificationTask(CLASSES, ["a photo of a {}."], processor.tokenizer, False), spec
+            clip, ClassificationTask(CLASSES, ["a photo of a {}."], TextTokenizer(processor.tokenizer), False), spec
         )
         model = model.to(device)
         model.task.setup(model)
@@ -358,7 +360,9 @@ def run_tip_shared(opts) -> dict:
     data_args = ClipDataArguments(
         dataset="fashion_mnist_train", eval_dataset="fashion_mnist_test", dataset_dir=str(ROOT / "data")
     )
-    full = load_clip_datasets(data_args, "classification", 0, processor.image_processor, processor.tokenizer)
+    full = load_clip_datasets(
+        data_args, "classification", 0, processor.image_processor, TextTokenizer(processor.tokenizer)
+    )
     clip = get_method("tip")().prepare(build_model(True, opts.attn), classification_args(), None)
 
     def part(dataset, classes):
@@ -380,7 +384,7 @@ def run_tip_shared(opts) -> dict:
     models, keys, out = {}, {}, {}
     for name, classes in TIP_GROUPS.items():
         train = part(full.train, classes)
-        task = ClassificationTask(train.samples.classnames, full.templates, processor.tokenizer, False)
+        task = ClassificationTask(train.samples.classnames, full.templates, TextTokenizer(processor.tokenizer), False)
         models[name] = ClipTaskModel(clip, task, full.spec).eval()
         task.setup(models[name])
         keys[name] = (build_keys(features(models[name], train, flip=True)), train.labels, train.samples.classnames)

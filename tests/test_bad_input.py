@@ -26,6 +26,7 @@ from llamafactory.clip_finetune.data import load_clip_datasets
 from llamafactory.clip_finetune.data.transforms import decode
 from llamafactory.clip_finetune.hparams import ClipDataArguments
 from llamafactory.clip_finetune.hparams.output_dir import checkpoint_problem
+from llamafactory.clip_finetune.model import TextTokenizer
 from llamafactory.clip_finetune.train.arguments import check_clip_args, get_clip_train_args
 
 
@@ -158,7 +159,7 @@ def make_table(root, name, rows=None, text=None):
 def load(processor, root, info, **data):
     (root / "dataset_info.json").write_text(json.dumps(info))
     args = ClipDataArguments(dataset_dir=str(root), **data)
-    return load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
+    return load_clip_datasets(args, "classification", 0, processor.image_processor, TextTokenizer(processor.tokenizer))
 
 
 TABLE_ERRORS = [

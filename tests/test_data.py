@@ -12,6 +12,7 @@ from transformers import CLIPProcessor
 from llamafactory.clip_finetune.data import load_clip_datasets
 from llamafactory.clip_finetune.data.fewshot import sample_per_class
 from llamafactory.clip_finetune.hparams import ClipDataArguments
+from llamafactory.clip_finetune.model import TextTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def load(processor, dataset_dir, info, task="classification", seed=0, **data):
     with open(os.path.join(dataset_dir, "dataset_info.json"), "w") as f:
         json.dump(info, f)
     args = ClipDataArguments(dataset_dir=str(dataset_dir), **data)
-    return load_clip_datasets(args, task, seed, processor.image_processor, processor.tokenizer)
+    return load_clip_datasets(args, task, seed, processor.image_processor, TextTokenizer(processor.tokenizer))
 
 
 def fm_images(data_copy, cls):
@@ -34,7 +35,7 @@ def test_bundled_imagefolder_classes_and_uint8_items(processor):
     args = ClipDataArguments(
         dataset="fashion_mnist_train", eval_dataset="fashion_mnist_test", dataset_dir=str(DATA_DIR)
     )
-    ds = load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
+    ds = load_clip_datasets(args, "classification", 0, processor.image_processor, TextTokenizer(processor.tokenizer))
     assert ds.classnames[:3] == ["ankle boot", "bag", "coat"]
     assert len(ds.classnames) == 10 and len(ds.eval) == 200
     item = ds.train[0]
@@ -173,13 +174,13 @@ def test_caption_csv_groups_rows_of_one_image(processor, data_copy):
 def test_dataset_of_the_wrong_task_is_refused(processor):
     args = ClipDataArguments(dataset="emoji_captions_train", dataset_dir=str(DATA_DIR))
     with pytest.raises(ValueError, match="is a image_to_text dataset, but clip_task is classification"):
-        load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
+        load_clip_datasets(args, "classification", 0, processor.image_processor, TextTokenizer(processor.tokenizer))
 
 
 def test_unknown_dataset_lists_the_known_ones(processor):
     args = ClipDataArguments(dataset="fashion", dataset_dir=str(DATA_DIR))
     with pytest.raises(ValueError, match="dataset `fashion` is not in .*it has: emoji_captions_test"):
-        load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
+        load_clip_datasets(args, "classification", 0, processor.image_processor, TextTokenizer(processor.tokenizer))
 
 
 def test_karpathy_caption_file_takes_restval_into_train(processor, data_copy):
@@ -206,14 +207,14 @@ def test_subsample_classes_base_and_new_split_the_classes_coop_style(processor):
         "classification",
         0,
         processor.image_processor,
-        processor.tokenizer,
+        TextTokenizer(processor.tokenizer),
     )
     new = load_clip_datasets(
         ClipDataArguments(subsample_classes="new", **common),
         "classification",
         0,
         processor.image_processor,
-        processor.tokenizer,
+        TextTokenizer(processor.tokenizer),
     )
     assert base.classnames == ["ankle boot", "bag", "coat", "dress", "pullover"]
     assert new.classnames == ["sandal", "shirt", "sneaker", "t-shirt", "trouser"]
@@ -223,7 +224,7 @@ def test_subsample_classes_base_and_new_split_the_classes_coop_style(processor):
 
 def test_max_samples_is_a_seeded_random_subset_across_classes(processor):
     args = ClipDataArguments(dataset="fashion_mnist_train", dataset_dir=str(DATA_DIR), max_samples=100)
-    a = load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
-    b = load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
+    a = load_clip_datasets(args, "classification", 0, processor.image_processor, TextTokenizer(processor.tokenizer))
+    b = load_clip_datasets(args, "classification", 0, processor.image_processor, TextTokenizer(processor.tokenizer))
     assert len(a.train) == 100 and len(a.train.labels.unique()) == 10  # the folder is sorted by class
     assert a.train.samples.images == b.train.samples.images

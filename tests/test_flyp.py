@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import CLIPModel
 
 from llamafactory.clip_finetune.data import load_clip_datasets
-from llamafactory.clip_finetune.model import ClipTaskModel, load_clip
+from llamafactory.clip_finetune.model import ClipTaskModel, TextTokenizer, load_clip
 from llamafactory.clip_finetune.tasks import ClassificationTask
 from llamafactory.clip_finetune.train.arguments import check_clip_args
 
@@ -19,8 +19,12 @@ def test_the_loss_is_infonce_between_images_and_their_class_prompts(tmp_path):
         base_args(tmp_path, freeze_text_tower=False, classification_loss="contrastive_prompts", templates=None)
     )
     clip, processor = load_clip(model_args)
-    data = load_clip_datasets(data_args, "classification", 0, processor.image_processor, processor.tokenizer)
-    task = ClassificationTask(data.classnames, data.templates, processor.tokenizer, True, "contrastive_prompts")
+    data = load_clip_datasets(
+        data_args, "classification", 0, processor.image_processor, TextTokenizer(processor.tokenizer)
+    )
+    task = ClassificationTask(
+        data.classnames, data.templates, TextTokenizer(processor.tokenizer), True, "contrastive_prompts"
+    )
     model = ClipTaskModel(clip, task, data.spec).eval()
     batch = [data.train[i] for i in range(8)]
     pixels = torch.stack([b["pixel_values"] for b in batch])

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from llamafactory.clip_finetune import methods
 from llamafactory.clip_finetune.methods.base import Method, set_trainable
+from llamafactory.clip_finetune.model import TextTokenizer
 
 
 PACKAGE = Path(methods.__file__).resolve().parents[1]
@@ -124,8 +125,10 @@ def test_steps_per_epoch_equals_the_trainers_loader(tmp_path):
             )
         )
         clip, processor = load_clip(model_args)
-        data = load_clip_datasets(data_args, "classification", 0, processor.image_processor, processor.tokenizer)
-        task = ClassificationTask(data.classnames, data.templates, processor.tokenizer, False)
+        data = load_clip_datasets(
+            data_args, "classification", 0, processor.image_processor, TextTokenizer(processor.tokenizer)
+        )
+        task = ClassificationTask(data.classnames, data.templates, TextTokenizer(processor.tokenizer), False)
         trainer = ClipTrainer(model=ClipTaskModel(clip, task, data.spec), args=training_args, train_dataset=data.train)
         expected = max(-(-len(trainer.get_train_dataloader()) // accumulation), 1)
         assert trainer.steps_per_epoch() == expected, (batch, accumulation, drop_last)

@@ -11,7 +11,7 @@ from transformers import CLIPModel, CLIPProcessor, TrainerCallback
 from llamafactory.clip_finetune.data import load_clip_datasets
 from llamafactory.clip_finetune.data.transforms import ImageSpec
 from llamafactory.clip_finetune.hparams import ClipDataArguments
-from llamafactory.clip_finetune.model import ClipTaskModel
+from llamafactory.clip_finetune.model import ClipTaskModel, TextTokenizer
 from llamafactory.clip_finetune.tasks import ClassificationTask
 
 
@@ -51,8 +51,10 @@ def test_peft_method_trains_only_its_layers_and_reloads_with_the_same_accuracy(t
     assert all(torch.equal(backbone[k], v.float()) for k, v in start.items())  # backbone untouched
 
     args = ClipDataArguments(eval_dataset="fashion_mnist_test", dataset_dir=str(DATA_DIR))
-    data = load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
-    task = ClassificationTask(data.classnames, data.templates, processor.tokenizer, text_trainable=False)
+    data = load_clip_datasets(args, "classification", 0, processor.image_processor, TextTokenizer(processor.tokenizer))
+    task = ClassificationTask(
+        data.classnames, data.templates, TextTokenizer(processor.tokenizer), text_trainable=False
+    )
     wrapper = ClipTaskModel(model, task, data.spec).eval()
     task.setup(wrapper)
     batches = [
@@ -213,7 +215,9 @@ def test_task_model_zero_grad_clears_parts_set_after_the_first_call():
     clip = CLIPModel.from_pretrained(TINY_CLIP, dtype=torch.float32)
     processor = CLIPProcessor.from_pretrained(TINY_CLIP)
     spec = ImageSpec.from_processor(processor.image_processor, ClipDataArguments())
-    model = ClipTaskModel(clip, ClassificationTask(["a", "b"], ["{}"], processor.tokenizer, False), spec)
+    model = ClipTaskModel(
+        clip, ClassificationTask(["a", "b"], ["{}"], TextTokenizer(processor.tokenizer), False), spec
+    )
     model.clip.logit_scale.grad = torch.ones(())
     model.zero_grad()
     assert model.clip.logit_scale.grad is None

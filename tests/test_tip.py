@@ -15,13 +15,13 @@ from llamafactory.clip_finetune.tasks import ClassificationTask, HeadScores
 
 
 class _Model:
-    """Just what ClassificationTask.logits reads: a logit scale and a head (the cache)."""
+    """Just what ClassificationTask.logits reads: the family's pair scores (CLIP's: scale * cos) and a head."""
 
     def __init__(self, cache, scale):
         self.head, self._scale = cache, torch.tensor(scale)
 
-    def logit_scale(self):
-        return self._scale
+    def logits(self, image, text):
+        return self._scale * image @ text.t()
 
 
 def test_logits_match_the_formula():

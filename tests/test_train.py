@@ -46,11 +46,12 @@ def test_zero_shot_evaluation_matches_a_manual_computation(tmp_path):
 
     from llamafactory.clip_finetune.data import load_clip_datasets
     from llamafactory.clip_finetune.hparams import ClipDataArguments
+    from llamafactory.clip_finetune.model import TextTokenizer
 
     model = CLIPModel.from_pretrained(TINY_CLIP, dtype=torch.float32).eval()  # stored as float16
     processor = CLIPProcessor.from_pretrained(TINY_CLIP)
     args = ClipDataArguments(eval_dataset="fashion_mnist_test", dataset_dir=str(TINY_CLIP.parents[1]))
-    data = load_clip_datasets(args, "classification", 0, processor.image_processor, processor.tokenizer)
+    data = load_clip_datasets(args, "classification", 0, processor.image_processor, TextTokenizer(processor.tokenizer))
     templates = data.templates
     with torch.no_grad():
         text = []
@@ -106,7 +107,7 @@ def test_the_optimizer_holds_the_model_the_trainer_prepared_first(tmp_path, clip
     """FSDP (v1) makes the Trainer prepare the model first and call ``create_optimizer(model)`` with it: the
     optimizer must hold that module's parameters (a signature without ``model`` raised TypeError on every FSDP run)."""
     from llamafactory.clip_finetune.data import load_clip_datasets
-    from llamafactory.clip_finetune.model import ClipTaskModel, load_clip
+    from llamafactory.clip_finetune.model import ClipTaskModel, TextTokenizer, load_clip
     from llamafactory.clip_finetune.tasks import ClassificationTask
     from llamafactory.clip_finetune.train.arguments import check_clip_args
     from llamafactory.clip_finetune.train.trainer import ClipTrainer
@@ -114,8 +115,12 @@ def test_the_optimizer_holds_the_model_the_trainer_prepared_first(tmp_path, clip
     overrides = {"clip_optim": clip_optim} if clip_optim else {}
     model_args, data_args, training_args, finetuning_args = check_clip_args(base_args(tmp_path, **overrides))
     clip, processor = load_clip(model_args)
-    data = load_clip_datasets(data_args, "classification", 0, processor.image_processor, processor.tokenizer)
-    task = ClassificationTask(data.classnames, data.templates, processor.tokenizer, text_trainable=False)
+    data = load_clip_datasets(
+        data_args, "classification", 0, processor.image_processor, TextTokenizer(processor.tokenizer)
+    )
+    task = ClassificationTask(
+        data.classnames, data.templates, TextTokenizer(processor.tokenizer), text_trainable=False
+    )
     trainer = ClipTrainer(model=ClipTaskModel(clip, task, data.spec), args=training_args, optim_args=finetuning_args)
     prepared = torch.nn.Linear(3, 2)  # stands in for the FSDP-wrapped module
     optimizer = trainer.create_optimizer(prepared)

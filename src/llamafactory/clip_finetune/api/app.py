@@ -43,7 +43,7 @@ def create_app(predictor: ClipPredictor) -> FastAPI:
         def embed():
             if request.images:
                 return predictor.image_features(request.images), 0
-            tokens = sum(len(predictor.processor.tokenizer(t)["input_ids"]) for t in texts)
+            tokens = sum(predictor.tokenizer.count(t) for t in texts)
             return predictor.text_features(texts), tokens
 
         features, tokens = answer(embed)

@@ -15,7 +15,7 @@ from ..data.readers import read_samples
 from ..data.templates import DEFAULT_TEMPLATES
 from ..data.transforms import ImageSpec
 from ..hparams import ClipDataArguments, ClipModelArguments
-from ..model import ClipTaskModel, load_clip
+from ..model import ClipTaskModel, TextTokenizer, load_clip
 from ..tasks import ClassificationTask
 
 
@@ -51,6 +51,7 @@ class ClipPredictor:
         self.transform = spec.eval_transform()
         # no task: the server calls the model's feature methods, never its training forward
         self.model = ClipTaskModel(clip, nn.Identity(), spec, model_args.interpolate_pos_encoding)
+        self.tokenizer = TextTokenizer(self.processor.tokenizer, self.model.family)
         self.model.to(self.device).eval()
         self.templates = data_args.templates or DEFAULT_TEMPLATES
         self.classnames: list[str] | None = None
@@ -75,13 +76,13 @@ class ClipPredictor:
 
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        tokens = self.tokenizer(texts)
         return self.model.encode_texts(tokens["input_ids"], tokens["attention_mask"])
 
     @torch.no_grad()
     def text_features_for(self, labels: list[str]) -> torch.Tensor:
         """The prompt ensemble of each label, as classification builds its class features."""
-        task = ClassificationTask(labels, self.templates, self.processor.tokenizer, False).to(self.device)
+        task = ClassificationTask(labels, self.templates, self.tokenizer, False).to(self.device)
         return task.encode_classes(self.model)
 
     @torch.no_grad()
@@ -92,7 +93,9 @@ class ClipPredictor:
             weights, names = self._class_features, self.classnames
         else:
             raise BadRequest("Give `labels`: this server was started without a `dataset` to read class names from.")
-        probs = (self.model.logit_scale() * self.image_features(images) @ weights.t()).softmax(-1)
+        logits = self.model.logits(self.image_features(images), weights)
+        # SigLIP scores each label on its own (sigmoid), as it was trained; CLIP-like families over the labels
+        probs = logits.sigmoid() if self.model.family.loss == "sigmoid" else logits.softmax(-1)
         top = probs.topk(min(top_k, len(names)), dim=-1)
         return [
             [{"label": names[c], "score": s} for c, s in zip(idx, val, strict=True)]

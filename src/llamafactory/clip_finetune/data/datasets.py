@@ -89,7 +89,7 @@ class CaptionDataset(EpochSeeded, Dataset):
         self.transform = transform
         self.train = train
         flat = [caption for captions in samples.captions for caption in captions]
-        tokens = tokenizer(flat, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+        tokens = tokenizer(flat, max_length=max_length)  # a model.families.TextTokenizer
         self.input_ids = tokens["input_ids"]
         self.attention_mask = tokens["attention_mask"]
         counts = torch.tensor([len(captions) for captions in samples.captions])

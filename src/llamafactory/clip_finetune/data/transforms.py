@@ -32,17 +32,18 @@ class ImageSpec:
     std: list[float]
     normalize: bool
     train_transforms: list[str]
+    squash: bool = False  # resize to size x size (SigLIP), else the shorter side to size, then a center crop
     crop_scale: tuple[float, float] = (0.08, 1.0)
     background: tuple[int, int, int] = (255, 255, 255)
     exif_transpose: bool = True
 
     @classmethod
     def from_processor(cls, image_processor: Any, data_args: "ClipDataArguments") -> "ImageSpec":
-        crop = getattr(image_processor, "crop_size", None) or {}
-        size = data_args.image_size or crop.get("height") or image_processor.size.get("shortest_edge")
+        native, squash = processor_size(image_processor)
         resample = getattr(image_processor, "resample", 3)
         return cls(
-            size=int(size),
+            size=int(data_args.image_size or native),
+            squash=squash,
             interpolation=data_args.interpolation or PIL_RESAMPLE.get(int(resample), "bicubic"),
             mean=list(data_args.image_mean or image_processor.image_mean),
             std=list(data_args.image_std or image_processor.image_std),
@@ -59,15 +60,35 @@ class ImageSpec:
         if "random_resized_crop" in self.train_transforms:
             steps.append(v2.RandomResizedCrop(self.size, scale=self.crop_scale, interpolation=mode, antialias=True))
         else:
-            steps += [v2.Resize(self.size, interpolation=mode, antialias=True), v2.CenterCrop(self.size)]
+            steps += self._resize()
         if "random_flip" in self.train_transforms:
             steps.append(v2.RandomHorizontalFlip())
         return ImagePipeline(v2.Compose(steps), self.background, self.exif_transpose)
 
     def eval_transform(self) -> "ImagePipeline":
+        return ImagePipeline(v2.Compose(self._resize()), self.background, self.exif_transpose)
+
+    def _resize(self) -> list[v2.Transform]:
         mode = INTERPOLATION[self.interpolation]
-        steps = v2.Compose([v2.Resize(self.size, interpolation=mode, antialias=True), v2.CenterCrop(self.size)])
-        return ImagePipeline(steps, self.background, self.exif_transpose)
+        if self.squash:
+            return [v2.Resize((self.size, self.size), interpolation=mode, antialias=True)]
+        return [v2.Resize(self.size, interpolation=mode, antialias=True), v2.CenterCrop(self.size)]
+
+
+def processor_size(image_processor: Any) -> tuple[int, bool]:
+    """(the input size an image processor produces, whether it squashes images to a square rather than resizing the
+    shorter side and center-cropping): CLIP's crop, SigLIP's height x width, SigLIP 2 NaFlex's largest square grid."""
+    crop = getattr(image_processor, "crop_size", None) or {}
+    size = getattr(image_processor, "size", None) or {}
+    if getattr(image_processor, "do_center_crop", False) and crop.get("height"):
+        return int(crop["height"]), False
+    if size.get("shortest_edge"):
+        return int(size["shortest_edge"]), False
+    if size.get("height"):
+        return int(size["height"]), True
+    if getattr(image_processor, "max_num_patches", None):
+        return int(image_processor.max_num_patches**0.5) * int(image_processor.patch_size), True
+    raise ValueError(f"{type(image_processor).__name__}: no input size found (crop_size, size or max_num_patches).")
 
 
 class ImagePipeline:

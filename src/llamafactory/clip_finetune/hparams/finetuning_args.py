@@ -88,11 +88,12 @@ class ClipFinetuningArguments(ClipOptimArguments):
     feature_cache_views: int = field(
         default=10, metadata={"help": "Augmented views per training image in the feature cache."}
     )
-    classification_loss: Literal["cross_entropy", "contrastive_prompts"] = field(
+    classification_loss: Literal["cross_entropy", "contrastive_prompts", "sigmoid"] = field(
         default="cross_entropy",
         metadata={
-            "help": "classification: cross-entropy over all classes, or FLYP's contrastive loss between each image "
-            "and its class prompt, the batch's other pairs being the negatives."
+            "help": "classification: cross-entropy over all classes; FLYP's contrastive loss between each image "
+            "and its class prompt, the batch's other pairs being the negatives; or sigmoid, SigLIP's loss one class "
+            "against the rest."
         },
     )
     contrastive_negatives: Literal["global", "local"] = field(

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ..hparams.output_dir import write_json_atomic
+from ..model.families import family_of
 from .base import Method, Run, log_trainable
 
 
@@ -53,10 +54,12 @@ def unit_angle(start: list[torch.Tensor], now: list[torch.Tensor]) -> float:
     return math.acos(max(-1.0, min(1.0, dot / (norm0 * norm1))))
 
 
-def unit_group(unit: str, group_names: list[str], grouped: bool) -> int:
+def unit_group(unit: str, group_names: list[str | tuple[str, ...]], grouped: bool) -> int:
+    """The first group one of whose names the unit's name contains, else the last group."""
     if not grouped:
         return 0
-    return next((i for i, term in enumerate(group_names) if term in unit), len(group_names))
+    terms = [(names,) if isinstance(names, str) else names for names in group_names]
+    return next((i for i, names in enumerate(terms) if any(t in unit for t in names)), len(terms))
 
 
 def select_units(angles: dict[str, float], groups: dict[str, int], keep: int, top: bool) -> set[str]:
@@ -80,7 +83,9 @@ class AbsCallback(TrainerCallback):
             if kept is not None
             else {unit: [p.detach().to("cpu", copy=True) for _, p in params] for unit, params in self.units.items()}
         )
-        self.groups = {unit: unit_group(unit, self.args.abs_group_name, self.args.abs_group) for unit in self.units}
+        family = family_of(model.config)  # a group named q_proj also holds Chinese-CLIP's BERT query layers
+        terms = [family.names(name) for name in self.args.abs_group_name]
+        self.groups = {unit: unit_group(unit, terms, self.args.abs_group) for unit in self.units}
         self.select_step: int | None = None
         self.kept = set(kept) if kept is not None else None  # already selected (resumed after the selection)
 

@@ -3,12 +3,12 @@
 from typing import TYPE_CHECKING, Any
 
 from ..peft_tuners import ClipAdapterConfig
-from ..peft_tuners.clip_adapter.config import TARGETS
 from .base import PeftMethod
 
 
 if TYPE_CHECKING:
     from ..hparams import ClipFinetuningArguments
+    from ..model.families import Family
 
 
 class AdapterMethod(PeftMethod):
@@ -25,9 +25,11 @@ class AdapterMethod(PeftMethod):
                 f"adapter_ratio must be in [0, 1] (the adapted share of the feature), got {f.adapter_ratio}."
             )
 
-    def peft_config(self, finetuning_args: "ClipFinetuningArguments") -> ClipAdapterConfig:
+    def peft_config(self, finetuning_args: "ClipFinetuningArguments", family: "type[Family]") -> ClipAdapterConfig:
+        """On the projected feature; where a family has no projection (SigLIP), on the pooling head's output."""
+        towers = ["vision", "text"] if finetuning_args.adapter_target == "both" else [finetuning_args.adapter_target]
         return ClipAdapterConfig(
             reduction=finetuning_args.adapter_reduction,
             ratio=finetuning_args.adapter_ratio,
-            target_modules=list(TARGETS[finetuning_args.adapter_target]),
+            target_modules=[name for tower in towers for name in family.adapter_targets[tower]],
         )

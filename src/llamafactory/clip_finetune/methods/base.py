@@ -10,7 +10,8 @@ from llamafactory.extras import logging
 from llamafactory.extras.ploting import plot_loss
 from torch import nn
 
-from .feature_cache import cache_image_views, image_tower_frozen
+from ..model.families import Family, family_of
+from .feature_cache import cache_image_views
 from .wise_ft import run_wise_ft, snapshot
 
 
@@ -58,11 +59,12 @@ def log_trainable(model: nn.Module) -> None:
 
 def tower_modules(clip: nn.Module, finetuning_args: "ClipFinetuningArguments") -> list[nn.Module]:
     """The towers a method may train: the image tower unless frozen, the text tower unless frozen."""
+    family = family_of(clip.config)
     modules = []
     if not finetuning_args.freeze_vision_tower:
-        modules += [clip.vision_model, clip.visual_projection]
+        modules += family.image_modules(clip)
     if not finetuning_args.freeze_text_tower:
-        modules += [clip.text_model, clip.text_projection]
+        modules += family.text_modules(clip)
     return modules
 
 
@@ -115,7 +117,8 @@ class Method:
     def prepare(
         self, clip: nn.Module, finetuning_args: "ClipFinetuningArguments", training_args: "TrainingArguments"
     ) -> nn.Module:
-        """Receives the loaded CLIPModel and returns the module to train (the same, or a PEFT wrapper)."""
+        """Receives the loaded model (``CLIPModel``, ``SiglipModel``, ...) and returns the module to train (the same,
+        or a PEFT wrapper)."""
         raise NotImplementedError
 
     def callbacks(self, run: Run) -> list["TrainerCallback"]:
@@ -132,7 +135,7 @@ class Method:
         if not args.do_train:
             return
         f = run.finetuning_args
-        if self.caches_features and f.feature_cache and image_tower_frozen(run.model.clip):
+        if self.caches_features and f.feature_cache and run.model.family.pooled_frozen(run.model.clip):
             trainer.train_dataset = cache_image_views(trainer, trainer.train_dataset, f.feature_cache_views)
         zero_shot = snapshot(self.delta_parameters(run.model.clip)) if f.wise_ft_alphas else None
         result = train(trainer, args.resume_from_checkpoint)
@@ -164,7 +167,8 @@ class Method:
 class PeftMethod(Method):
     """A method whose new layers PEFT owns: ``peft_config`` says which; everything else is frozen by PEFT."""
 
-    def peft_config(self, finetuning_args: "ClipFinetuningArguments") -> Any:
+    def peft_config(self, finetuning_args: "ClipFinetuningArguments", family: "type[Family]") -> Any:
+        """The PEFT config of this method on a model of ``family`` (which names its modules)."""
         raise NotImplementedError
 
     def prepare(
@@ -172,4 +176,4 @@ class PeftMethod(Method):
     ) -> nn.Module:
         from peft import get_peft_model
 
-        return get_peft_model(clip, self.peft_config(finetuning_args))
+        return get_peft_model(clip, self.peft_config(finetuning_args, family_of(clip.config)))

@@ -18,10 +18,6 @@ if TYPE_CHECKING:
 logger = logging.get_logger(__name__)
 
 
-def image_tower_frozen(clip: torch.nn.Module) -> bool:
-    return not any(p.requires_grad for p in clip.vision_model.parameters())
-
-
 GATHER_BYTES = 256 * 2**20  # per collective when the views are gathered across ranks
 DEVICE_SHARE = 0.25  # the cache stays on the accelerator when it takes at most this share of its free memory
 
@@ -30,7 +26,8 @@ def cache_device(trainer, images: int, views: int) -> torch.device:
     """Where ``views`` pooled features of ``images`` images live: on the accelerator when they fit easily, so that a
     training step gathers its batch there with no host-to-device copy; otherwise in host memory."""
     args = trainer.args
-    nbytes = images * views * trainer.model.clip.vision_model.config.hidden_size * 4  # float32
+    model = trainer.model
+    nbytes = images * views * model.family.pooled_width(model.clip) * 4  # float32
     if args.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(args.device)
         if nbytes <= DEVICE_SHARE * free:
@@ -47,7 +44,7 @@ def compute_views(
     would), in eval mode, all passes in one loader; [images, views, width] pooled outputs of the image tower,
     float32 on ``store``."""
     model, args = trainer.model, trainer.args
-    width = model.clip.vision_model.config.hidden_size
+    width = model.family.pooled_width(model.clip)
     if len(indices) == 0:
         return torch.zeros(0, views, width, device=store)
     was_training = model.training

@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from ..model.families import family_of
 from .abs import SelectableMethod
 from .base import set_trainable, tower_modules
 
@@ -23,6 +24,7 @@ class FullMethod(SelectableMethod):
         set_trainable(clip, False)
         for module in tower_modules(clip, finetuning_args):
             set_trainable(module, True)
-        clip.logit_scale.requires_grad_(finetuning_args.train_logit_scale)
+        for param in family_of(clip.config).logit_parameters(clip):  # SigLIP's bias with its scale
+            param.requires_grad_(finetuning_args.train_logit_scale)
         self.check_trainable(clip, training_args)
         return clip

@@ -8,6 +8,7 @@ from llamafactory.extras import logging
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from ..model.families import Family, family_of
 from .base import PeftMethod, Run
 
 
@@ -23,9 +24,10 @@ logger = logging.get_logger(__name__)
 TOWER_PREFIXES = {"vision": "vision_model", "text": "text_model"}
 
 
-def lora_target_pattern(targets: list[str], towers: list[str]) -> str:
-    """A full-name regex, so that `q_proj` in the image tower is not also matched in a frozen text tower."""
-    names = "|".join(re.escape(t) for t in targets)
+def lora_target_pattern(targets: list[str], towers: list[str], family: "type[Family]" = Family) -> str:
+    """A full-name regex, so that `q_proj` in the image tower is not also matched in a frozen text tower. CLIP's
+    names also match the family's own names for the same module (Chinese-CLIP's BERT `attention.self.query`)."""
+    names = "|".join(re.escape(name) for t in targets for name in family.names(t))
     prefixes = "|".join(TOWER_PREFIXES[t] for t in towers)
     return rf"^({prefixes})\..*\.({names})$"
 
@@ -67,13 +69,13 @@ class LoraMethod(PeftMethod):
     def prepare(
         self, clip: nn.Module, finetuning_args: "ClipFinetuningArguments", training_args: "TrainingArguments"
     ) -> nn.Module:
-        config = self.peft_config(finetuning_args)  # its own errors pass through unchanged
+        config = self.peft_config(finetuning_args, family_of(clip.config))  # its own errors pass through unchanged
         try:
             return get_peft_model(clip, config)
         except ValueError as err:
             raise ValueError(f"lora_target: {finetuning_args.lora_target} matches no module to adapt: {err}") from err
 
-    def peft_config(self, finetuning_args: "ClipFinetuningArguments") -> LoraConfig:
+    def peft_config(self, finetuning_args: "ClipFinetuningArguments", family: "type[Family]") -> LoraConfig:
         towers = [
             t
             for t, frozen in (
@@ -90,7 +92,7 @@ class LoraMethod(PeftMethod):
             lora_alpha=finetuning_args.lora_alpha,
             use_rslora=self.rank_stabilized,
             lora_dropout=finetuning_args.lora_dropout,
-            target_modules=lora_target_pattern(targets, towers),
+            target_modules=lora_target_pattern(targets, towers, family),
         )
 
     @staticmethod
@@ -99,7 +101,7 @@ class LoraMethod(PeftMethod):
 
     def export(self, run: Run) -> None:
         """``export_merged``: LoRA folded into the base weights, a standalone checkpoint that
-        ``CLIPModel.from_pretrained`` loads, in output_dir/merged."""
+        the family's ``from_pretrained`` (``CLIPModel``, ``SiglipModel``, ...) loads, in output_dir/merged."""
         if not run.finetuning_args.export_merged:
             return
         import copy

@@ -8,6 +8,7 @@ from .base import PeftMethod
 
 if TYPE_CHECKING:
     from ..hparams import ClipFinetuningArguments
+    from ..model.families import Family
 
 
 class PromptMethod(PeftMethod):
@@ -24,8 +25,11 @@ class PromptMethod(PeftMethod):
         if f.prompt_project is not None and f.prompt_project < 1:
             raise ValueError(f"prompt_project must be a positive width, got {f.prompt_project}.")
 
-    def peft_config(self, finetuning_args: "ClipFinetuningArguments") -> ClipVptConfig:
+    def peft_config(self, finetuning_args: "ClipFinetuningArguments", family: "type[Family]") -> ClipVptConfig:
+        """Prompts after the class token ([CLS, prompts, patches]); a family without one (SigLIP) gets [prompts,
+        patches], and its attention-pooling head reads the prompts' outputs as it reads the patches'."""
         return ClipVptConfig(
+            prefix_tokens=family.prefix_tokens,
             prompt_length=finetuning_args.prompt_length,
             prompt_deep=finetuning_args.prompt_deep,
             prompt_dropout=finetuning_args.prompt_dropout,

@@ -7,19 +7,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.transforms import ImageSpec
+from .families import family_of
 
 
 class ClipTaskModel(nn.Module):
-    """Wraps ``CLIPModel`` (or a PEFT model around it) for one task.
+    """Wraps a dual encoder (``CLIPModel``, ``SiglipModel``, ...; or a PEFT model around one) for one task.
 
-    Images arrive as uint8 and are scaled/normalized here, on the device. The logit scale is the checkpoint's,
-    the same one in training and evaluation.
-    """
+    Images arrive as uint8 and are scaled/normalized here, on the device. The logit scale (and bias) are the
+    checkpoint's, the same in training and evaluation. What the encoder's parts are is its family's business
+    (``model.families``)."""
 
     def __init__(self, clip: nn.Module, task: nn.Module, spec: ImageSpec, interpolate_pos_encoding: bool = False):
         super().__init__()
         self.interpolate_pos_encoding = interpolate_pos_encoding
         self.clip = clip
+        self.family = family_of(clip.config)
         self.task = task
         self.normalize = spec.normalize
         self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
@@ -66,21 +68,17 @@ class ClipTaskModel(nn.Module):
         return (x - self.pixel_mean) / self.pixel_std if self.normalize else x
 
     def pooled_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The image tower's pooled output (before the projection) from uint8 images."""
-        return self.clip.vision_model(
-            pixel_values=self.pixels(pixel_values), interpolate_pos_encoding=self.interpolate_pos_encoding
-        ).pooler_output
+        """The image tower's pooled output (before the projection: what a feature cache stores) from uint8 images."""
+        return self.family.pooled_image(self.clip, self.pixels(pixel_values), self.interpolate_pos_encoding)
 
     def image_features(self, pixel_values: torch.Tensor | None, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalized projected image features, from uint8 images or from cached pooled outputs."""
         if pooled is None:
             pooled = self.pooled_image(pixel_values)
-        return F.normalize(self.clip.visual_projection(pooled), dim=-1)
+        return F.normalize(self.family.project_image(self.clip, pooled), dim=-1)
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        clip = self.clip
-        pooled = clip.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-        return F.normalize(clip.text_projection(pooled), dim=-1)
+        return F.normalize(self.family.text_embeds(self.clip, input_ids, attention_mask), dim=-1)
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
         """``text_features`` over many token rows, ``chunk`` at a time, on the model's device."""
@@ -93,7 +91,21 @@ class ClipTaskModel(nn.Module):
         )
 
     def logit_scale(self) -> torch.Tensor:
-        return self.clip.logit_scale.exp().clamp(max=100)
+        return self.family.logit_scale(self.clip)
+
+    def logit_bias(self) -> torch.Tensor | None:
+        return self.family.logit_bias(self.clip)
+
+    def logit_params(self) -> torch.Tensor:
+        """The scale, or ``[scale, bias]`` for a family with a logit bias (what cached contrastive steps carry)."""
+        bias = self.logit_bias()
+        return self.logit_scale() if bias is None else torch.stack([self.logit_scale().reshape(()), bias])
+
+    def logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The family's pair scores of normalized features: ``scale * cos`` (+ ``bias`` for SigLIP)."""
+        logits = self.logit_scale().to(image.dtype) * image @ text.to(image.dtype).t()
+        bias = self.logit_bias()
+        return logits if bias is None else logits + bias.to(image.dtype)
 
     def forward(
         self,

@@ -39,7 +39,7 @@ class ClassificationTask(Task):
         self.templates = templates
         self.text_trainable = text_trainable
         prompts = [template.format(name) for name in classnames for template in templates]
-        tokens = tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
+        tokens = tokenizer(prompts)  # a model.families.TextTokenizer: the family's case and padding rules
         self.register_buffer("prompt_ids", tokens["input_ids"], persistent=False)
         self.register_buffer("prompt_mask", tokens["attention_mask"], persistent=False)
         self.register_buffer("class_features", torch.empty(0), persistent=False)
@@ -85,7 +85,7 @@ class ClassificationTask(Task):
 
     @staticmethod
     def logits(model: nn.Module, image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        logits = model.logit_scale() * image @ weights.to(image.dtype).t()
+        logits = model.logits(image, weights)
         return logits if model.head is None else logits + model.head(image)
 
     def forward(
@@ -97,8 +97,19 @@ class ClassificationTask(Task):
         logits = self.logits(model, image, self.class_weights(model))
         out = {"logits": logits}
         if labels is not None:
-            out["loss"] = F.cross_entropy(logits.float(), labels)
+            out["loss"] = (
+                self.sigmoid_loss(logits, labels)
+                if self.loss == "sigmoid"
+                else F.cross_entropy(logits.float(), labels)
+            )
         return out
+
+    @staticmethod
+    def sigmoid_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One-vs-rest form of SigLIP's pretraining loss: each (image, class) pair is a binary problem on the
+        family's logits (scale * cos + bias), summed over the classes and averaged over the images."""
+        signs = 2 * F.one_hot(labels, logits.shape[1]).float() - 1
+        return -F.logsigmoid(signs * logits.float()).sum(dim=1).mean()
 
     def prompt_contrastive(self, model: nn.Module, image: torch.Tensor, labels: torch.Tensor) -> dict:
         """FLYP (Goyal et al., CVPR 2023): symmetric InfoNCE between each image and its class prompt's feature, the
@@ -109,7 +120,7 @@ class ClassificationTask(Task):
             text = self.encode_classes(model, classes)[inverse]
         else:
             text = self.class_features[labels]
-        loss, logits = contrastive_loss(image, text, model.logit_scale())
+        loss, logits = contrastive_loss(image, text, model.logit_scale(), bias=model.logit_bias())
         return {"loss": loss, "logits": logits}
 
     @torch.no_grad()
@@ -144,7 +155,7 @@ class ClassificationTask(Task):
         self, model: nn.Module, features: torch.Tensor, labels: torch.Tensor | None, dataset: Any, values: torch.Tensor
     ) -> HeadScores:
         """Columns are the classes; each image's true column is its label (the objective: accuracy)."""
-        base = model.logit_scale().float() * features @ self.class_features.t()
+        base = model.logits(features.float(), self.class_features).float()
         return HeadScores(base, values, torch.arange(len(labels), device=labels.device), labels)
 
     def predict(

@@ -52,11 +52,14 @@ def gather_rows(local: torch.Tensor) -> tuple[torch.Tensor, int, int]:
 
 
 def contrastive_loss(
-    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, negatives: str = "global"
+    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, negatives: str = "global", bias=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric InfoNCE of paired rows of normalized ``image`` and ``text`` features; (loss, this rank's
-    image-to-text logits). ``negatives``: ``global`` uses every rank's pairs (the same as ``local`` in one process)."""
+    """Symmetric InfoNCE of paired rows of normalized ``image`` and ``text`` features, or with a logit ``bias``
+    (SigLIP) the pairwise sigmoid loss; (loss, this rank's image-to-text logits). ``negatives``: ``global`` uses
+    every rank's pairs (the same as ``local`` in one process)."""
     image, text = image.float(), text.float()
+    if bias is not None:
+        return sigmoid_loss(image, text, scale, bias, negatives)
     world = _world()
     if negatives != "global" or world == 1:
         logits = scale * image @ text.t()
@@ -69,6 +72,26 @@ def contrastive_loss(
     summed = F.cross_entropy(logits, targets, reduction="sum")
     summed = summed + F.cross_entropy(scale * text @ all_image.t(), targets, reduction="sum")
     return summed / 2 * world / total, logits  # the engines average gradients over ranks
+
+
+def sigmoid_loss(
+    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, negatives: str = "global"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SigLIP's loss (Zhai et al., ICCV 2023; big_vision's ``sigmoid_xent``): every image-text pair is a binary
+    problem, ``-log sigmoid(+-(scale * cos + bias))``, summed over each image's row and averaged over images. Across
+    ranks each rank scores its images against every rank's texts (gathered with gradients), which covers every pair of
+    the global batch once: the all-gather form rather than big_vision's ring of text chunks, because it reuses the
+    InfoNCE path's gather and costs the same memory at the batch sizes one node holds."""
+    world = _world()
+    if negatives == "global" and world > 1:
+        text, first, total = gather_rows(text)
+    else:
+        first, total, world = 0, len(image), 1
+    logits = scale * image @ text.t() + bias
+    signs = -torch.ones_like(logits)
+    rows = torch.arange(len(image), device=logits.device)
+    signs[rows, rows + first] = 1.0
+    return -F.logsigmoid(signs * logits).sum() * world / total, logits
 
 
 def _rng_state() -> tuple:
@@ -98,7 +121,8 @@ def cached_step(
     with respect to the cached features, then encode each micro-batch again with gradients and backpropagate its
     share. The gradient equals the whole batch's; memory is one micro-batch's activations plus the features.
 
-    ``encode(chunk)`` returns ``{"image", "text", "scale"}`` through the (wrapped) model; ``backward`` is the engine's;
+    ``encode(chunk)`` returns ``{"image", "text", "scale"}`` through the (wrapped) model (``scale``: the logit
+    scale, or SigLIP's scale and bias); ``backward`` is the engine's;
     ``no_sync`` keeps the data-parallel engine from reducing gradients before the last micro-batch."""
     rows = len(next(v for v in batch.values() if torch.is_tensor(v)))
     bounds = torch.linspace(0, rows, micro_batches + 1).round().long().tolist()
@@ -129,7 +153,9 @@ def cached_step(
             surrogate = (out["image"].float() * image.grad[start:end]).sum()
             surrogate = surrogate + (out["text"].float() * text.grad[start:end]).sum()
             # the scale's gradient once, on the last micro-batch; zero weight before keeps every pass alike
-            surrogate = surrogate + out["scale"].float() * (scale.grad if last else torch.zeros_like(scale.grad))
+            surrogate = (
+                surrogate + (out["scale"].float() * (scale.grad if last else torch.zeros_like(scale.grad))).sum()
+            )
             backward(surrogate)
         start = end
     return loss.detach()

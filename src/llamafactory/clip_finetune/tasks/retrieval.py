@@ -88,20 +88,23 @@ class ImageToTextTask(Task):
         features_only: bool = False,
         **_: Any,
     ):
-        """Symmetric InfoNCE over the batch's pairs (``contrastive.contrastive_loss``: with every rank's pairs as
-        negatives unless ``local``); ``features_only``: the features and scale that loss takes (cached steps)."""
+        """The family's contrastive loss over the batch's pairs (InfoNCE, or SigLIP's sigmoid loss; with every rank's
+        pairs as negatives unless ``local``); ``features_only``: the features and logit parameters that loss takes
+        (cached steps)."""
         image = self.query(model, model.image_features(pixel_values, pooled))
         if input_ids is None:
             return {"logits": image}
         text = model.text_features(input_ids, attention_mask)
         if features_only:
-            return {"image": image, "text": text, "scale": model.logit_scale()}
-        loss, logits = contrastive_loss(image, text, model.logit_scale(), self.negatives)
+            return {"image": image, "text": text, "scale": model.logit_params()}
+        loss, logits = contrastive_loss(image, text, model.logit_scale(), self.negatives, model.logit_bias())
         return {"loss": loss, "logits": logits}
 
     def loss_from_features(self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """The training loss of features computed earlier (``contrastive.cached_step``)."""
-        return contrastive_loss(image, text, scale, self.negatives)[0]
+        """The training loss of features computed earlier (``contrastive.cached_step``); ``scale`` is
+        ``logit_params()``: the scale, or the scale and bias."""
+        bias = scale[1] if scale.dim() == 1 and len(scale) == 2 else None
+        return contrastive_loss(image, text, scale[0] if bias is not None else scale, self.negatives, bias)[0]
 
     @staticmethod
     def query(model: nn.Module, image: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,8 @@ OPTIM_LOGGED = ("lr", "betas", "eps", "weight_decay", "momentum", "dampening", "
 
 
 class ClipTrainer(Trainer):
-    """``self.model`` is a ``ClipTaskModel``; what gets saved is its ``clip`` (loadable by ``CLIPModel``)."""
+    """``self.model`` is a ``ClipTaskModel``; what gets saved is its ``clip`` (loadable by its family's class:
+    ``CLIPModel``, ``SiglipModel``, ...)."""
 
     def __init__(
         self,

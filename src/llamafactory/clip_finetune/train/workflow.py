@@ -13,7 +13,7 @@ from ..data import load_clip_datasets
 from ..hparams.output_dir import run_record, write_json_atomic
 from ..methods import Run, get_method
 from ..methods.base import log_trainable
-from ..model import ClipTaskModel, load_clip
+from ..model import ClipTaskModel, TextTokenizer, family_of, load_clip
 from ..tasks import get_task
 from .arguments import get_clip_train_args
 from .callbacks import EpochCallback, FiniteLossCallback
@@ -41,14 +41,13 @@ def run_clip(
     task_class = get_task(finetuning_args.clip_task)
     method = get_method(finetuning_args.finetuning_type)()
     clip, processor = load_clip(model_args)
-    datasets = load_clip_datasets(
-        data_args, task_class.name, training_args.seed, processor.image_processor, processor.tokenizer
-    )
+    tokenizer = TextTokenizer(processor.tokenizer, family_of(clip.config))
+    datasets = load_clip_datasets(data_args, task_class.name, training_args.seed, processor.image_processor, tokenizer)
     if training_args.do_train:
         clip = method.prepare(clip, finetuning_args, training_args)
     else:  # evaluate or predict the checkpoint as it is (a method would add untrained layers)
         clip.requires_grad_(False)
-    task = task_class.build(datasets, processor.tokenizer, clip, finetuning_args)
+    task = task_class.build(datasets, tokenizer, clip, finetuning_args)
     model = ClipTaskModel(clip, task, datasets.spec, model_args.interpolate_pos_encoding)
     log_trainable(model)
     run = Run(model_args, data_args, training_args, finetuning_args, datasets, processor, model)

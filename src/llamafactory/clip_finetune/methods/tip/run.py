@@ -60,10 +60,11 @@ def cache_header(
 @torch.no_grad()
 def project_keys(model, pooled: torch.Tensor, device) -> torch.Tensor:
     """[images, views, width] pooled outputs -> keys: the projected views, averaged and re-normalized."""
+    project = model.family.project_image
     if len(pooled) == 0:
-        return torch.zeros(0, model.clip.config.projection_dim, device=device)
+        return torch.zeros(0, model.family.feature_width(model.clip), device=device)
     views = torch.cat(
-        [model.clip.visual_projection(pooled[i : i + 1024].to(device)).float() for i in range(0, len(pooled), 1024)]
+        [project(model.clip, pooled[i : i + 1024].to(device)).float() for i in range(0, len(pooled), 1024)]
     )
     return build_keys(views)
 

@@ -3,23 +3,20 @@ from dataclasses import dataclass, field
 from peft import PeftConfig, PeftType
 
 
-TARGETS = {
-    "vision": ["visual_projection"],
-    "text": ["text_projection"],
-    "both": ["visual_projection", "text_projection"],
-}
-
-
 @dataclass
 class ClipAdapterConfig(PeftConfig):
     """A bottleneck MLP (c -> c/reduction -> c, ReLUs, no bias) on a tower's projected feature, blended residually:
-    f = ratio * A(f) + (1 - ratio) * f. ``c`` is the checkpoint's projection dimension."""
+    f = ratio * A(f) + (1 - ratio) * f. ``c`` is the feature's real width (the projection dimension; SigLIP's
+    pooled width)."""
 
     reduction: int = field(default=4, metadata={"help": "Bottleneck reduction factor."})
     ratio: float = field(default=0.2, metadata={"help": "Residual ratio: weight of the adapted feature."})
     target_modules: list[str] | None = field(
-        default_factory=lambda: list(TARGETS["vision"]),
-        metadata={"help": "Projection layers to adapt: visual_projection and/or text_projection."},
+        default_factory=lambda: ["visual_projection"],
+        metadata={
+            "help": "The layers whose output feature is adapted: CLIP's visual_projection and/or text_projection; "
+            "SigLIP's vision_model.head and/or text_model.head."
+        },
     )
 
     def __post_init__(self):

@@ -4,15 +4,17 @@ from torch import nn
 
 
 class ClipAdapterLayer(nn.Module, BaseTunerLayer):
-    """Wraps a projection ``nn.Linear``; each adapter adds its residual bottleneck on the projected feature."""
+    """Wraps the module whose output is a tower's feature (CLIP's projection ``nn.Linear``, SigLIP's pooling head);
+    each adapter adds its residual bottleneck on that feature."""
 
     # one ModuleDict per Linear, so that saved keys read `<layer>.<adapter name>.weight` as PEFT expects
     adapter_layer_names = ("clip_adapter_down", "clip_adapter_up")
     other_param_names = ("clip_adapter_ratio",)
 
-    def __init__(self, base_layer: nn.Linear, adapter_name: str, reduction: int, ratio: float):
+    def __init__(self, base_layer: nn.Module, adapter_name: str, reduction: int, ratio: float, width: int):
         super().__init__()
         self.base_layer = base_layer
+        self.width = width
         self.clip_adapter_down = nn.ModuleDict()
         self.clip_adapter_up = nn.ModuleDict()
         self.clip_adapter_ratio: dict[str, float] = {}
@@ -22,7 +24,7 @@ class ClipAdapterLayer(nn.Module, BaseTunerLayer):
         self.update_layer(adapter_name, reduction, ratio)
 
     def update_layer(self, adapter_name: str, reduction: int, ratio: float) -> None:
-        width = self.base_layer.out_features
+        width = self.width
         if width // reduction < 1:
             raise ValueError(f"clip_adapter: reduction {reduction} leaves no bottleneck for width {width}.")
         self.clip_adapter_down[adapter_name] = nn.Linear(width, width // reduction, bias=False)
@@ -31,8 +33,11 @@ class ClipAdapterLayer(nn.Module, BaseTunerLayer):
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feature = self.base_layer(x)
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.adapt(self.base_layer(*args, **kwargs))
+
+    def adapt(self, feature: torch.Tensor) -> torch.Tensor:
+        """The active adapters on the wrapped module's output (a cached feature goes straight here)."""
         if self.disable_adapters:
             return feature
         for name in self.active_adapters:

@@ -5,7 +5,8 @@ from .layer import ClipAdapterLayer
 
 
 class ClipAdapterModel(BaseTuner):
-    """Replaces the targeted projection layers of a ``CLIPModel`` with ``ClipAdapterLayer``."""
+    """Replaces the targeted modules (a ``CLIPModel``'s projections, a ``SiglipModel``'s pooling heads) with
+    ``ClipAdapterLayer``."""
 
     prefix = "clip_adapter_"
     tuner_layer_cls = ClipAdapterLayer
@@ -15,7 +16,12 @@ class ClipAdapterModel(BaseTuner):
         if isinstance(target, ClipAdapterLayer):
             target.update_layer(adapter_name, peft_config.reduction, peft_config.ratio)
             return
-        if not isinstance(target, nn.Linear):
-            raise ValueError(f"clip_adapter targets projection Linear layers; `{current_key}` is {type(target)}.")
-        new_module = ClipAdapterLayer(target, adapter_name, peft_config.reduction, peft_config.ratio)
+        # the feature's width: a Linear's output, else the output of the module's last Linear (SigLIP's head MLP)
+        linears = (
+            [target] if isinstance(target, nn.Linear) else [m for m in target.modules() if isinstance(m, nn.Linear)]
+        )
+        if not linears:
+            raise ValueError(f"clip_adapter targets a tower's feature layer; `{current_key}` has no Linear output.")
+        width = linears[-1].out_features
+        new_module = ClipAdapterLayer(target, adapter_name, peft_config.reduction, peft_config.ratio, width)
         self._replace_module(parent, target_name, new_module, target)

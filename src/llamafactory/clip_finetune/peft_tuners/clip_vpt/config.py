@@ -5,12 +5,16 @@ from peft import PeftConfig, PeftType
 
 @dataclass
 class ClipVptConfig(PeftConfig):
-    """Learned prompt tokens inserted after CLS ([CLS, prompts, patches]), without position embeddings.
+    """Learned prompt tokens inserted after CLS ([CLS, prompts, patches]; [prompts, patches] for an encoder without a
+    class token), without position embeddings.
 
     Shallow: one set at the input of the first layer. Deep: a new set at the input of every layer, replacing the
     previous layer's prompt outputs."""
 
     prompt_length: int = field(default=5, metadata={"help": "Prompt tokens per layer."})
+    prefix_tokens: int = field(
+        default=1, metadata={"help": "Tokens before the patches that prompts follow: 1 (CLS) for CLIP, 0 for SigLIP."}
+    )
     prompt_deep: bool = field(default=False, metadata={"help": "A new set of prompts before every layer."})
     prompt_dropout: float = field(default=0.0, metadata={"help": "Dropout on the prompts."})
     prompt_project: int | None = field(

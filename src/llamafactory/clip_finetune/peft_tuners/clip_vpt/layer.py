@@ -7,13 +7,13 @@ from transformers.modeling_outputs import BaseModelOutput
 
 
 class ClipVptEncoder(nn.Module, BaseTunerLayer):
-    """Wraps CLIP's vision encoder: inserts each active adapter's prompts and runs the original layers.
+    """Wraps an image tower's encoder: inserts each active adapter's prompts and runs the original layers.
 
     The wrapped encoder stays in eval mode (no dropout in the frozen backbone); its layers keep their own gradient
     checkpointing and attention implementation."""
 
     adapter_layer_names = ("clip_vpt_prompts", "clip_vpt_project")
-    other_param_names = ("clip_vpt_deep", "clip_vpt_dropout")
+    other_param_names = ("clip_vpt_deep", "clip_vpt_dropout", "clip_vpt_prefix")
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config, patch_size: int, hidden_size: int):
         super().__init__()
@@ -22,6 +22,7 @@ class ClipVptEncoder(nn.Module, BaseTunerLayer):
         self.clip_vpt_prompts = nn.ParameterDict()
         self.clip_vpt_project = nn.ModuleDict()
         self.clip_vpt_deep: dict[str, bool] = {}
+        self.clip_vpt_prefix: dict[str, int] = {}
         self.clip_vpt_dropout = nn.ModuleDict()
         self._active_adapter = adapter_name
         self._disable_adapters = False
@@ -41,6 +42,7 @@ class ClipVptEncoder(nn.Module, BaseTunerLayer):
             nn.init.zeros_(project.bias)
             self.clip_vpt_project[adapter_name] = project
         self.clip_vpt_deep[adapter_name] = config.prompt_deep
+        self.clip_vpt_prefix[adapter_name] = config.prefix_tokens
         self.clip_vpt_dropout[adapter_name] = nn.Dropout(config.prompt_dropout)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters)
@@ -75,12 +77,12 @@ class ClipVptEncoder(nn.Module, BaseTunerLayer):
         name = names[0] if names else None
         batch = hidden.shape[0]
         if name is not None:
-            length = self.clip_vpt_prompts[name].shape[1]
-            hidden = torch.cat([hidden[:, :1], self._prompts(name, 0, batch, hidden), hidden[:, 1:]], dim=1)
+            length, prefix = self.clip_vpt_prompts[name].shape[1], self.clip_vpt_prefix[name]
+            hidden = torch.cat([hidden[:, :prefix], self._prompts(name, 0, batch, hidden), hidden[:, prefix:]], dim=1)
         for index, layer in enumerate(self.base_layer.layers):
             if name is not None and index > 0 and self.clip_vpt_deep[name]:
                 prompts = self._prompts(name, index, batch, hidden)
-                hidden = torch.cat([hidden[:, :1], prompts, hidden[:, 1 + length :]], dim=1)
+                hidden = torch.cat([hidden[:, :prefix], prompts, hidden[:, prefix + length :]], dim=1)
             out = layer(hidden, attention_mask, **kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
         return BaseModelOutput(last_hidden_state=hidden)

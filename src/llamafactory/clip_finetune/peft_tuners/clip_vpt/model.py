@@ -4,7 +4,7 @@ from .layer import ClipVptEncoder
 
 
 class ClipVptModel(BaseTuner):
-    """Replaces ``vision_model.encoder`` of a ``CLIPModel`` with ``ClipVptEncoder``."""
+    """Replaces ``vision_model.encoder`` of a dual encoder (CLIP, SigLIP, ...) with ``ClipVptEncoder``."""
 
     prefix = "clip_vpt_"
     tuner_layer_cls = ClipVptEncoder

@@ -1,0 +1,134 @@
+"""What every dual-encoder family answers: where its towers are, how it pools and projects, how it scores a pair.
+
+The reference behaviour is OpenAI CLIP's (``CLIPModel``); a family overrides only what differs. The rest of the stage
+asks the family and never reads a model's internals itself."""
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class Family:
+    """CLIP-like: pooled tower outputs, linear projections, softmax InfoNCE at ``exp(logit_scale)`` (at most 100)."""
+
+    name: ClassVar[str] = "clip"
+    model_types: ClassVar[tuple[str, ...]] = ("clip",)
+    model_class_name: ClassVar[str] = "CLIPModel"
+    loss: ClassVar[str] = "softmax"  # the pretraining loss: softmax InfoNCE, or "sigmoid" (pairwise, with a bias)
+    prefix_tokens: ClassVar[int] = 1  # tokens before the patches (the class token); VPT's prompts go after them
+    text_padding: ClassVar[int | None] = None  # pad every text to this many tokens (else to the longest)
+    lower_case: ClassVar[bool] = False  # lower-case texts before tokenizing
+    # CLIP's module names (what lora_target, abs_group_name and bias_terms say) -> this family's names for them
+    aliases: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # the modules CLIP-Adapter wraps: their output is the feature the adapter adds its residual to
+    adapter_targets: ClassVar[dict[str, list[str]]] = {"vision": ["visual_projection"], "text": ["text_projection"]}
+
+    @classmethod
+    def model_class(cls) -> type:
+        import transformers
+
+        return getattr(transformers, cls.model_class_name)
+
+    # towers
+    @staticmethod
+    def image_modules(clip: nn.Module) -> list[nn.Module]:
+        return [clip.vision_model, clip.visual_projection]
+
+    @staticmethod
+    def text_modules(clip: nn.Module) -> list[nn.Module]:
+        return [clip.text_model, clip.text_projection]
+
+    @staticmethod
+    def logit_parameters(clip: nn.Module) -> list[nn.Parameter]:
+        return [clip.logit_scale]
+
+    @staticmethod
+    def vision_config(config: Any) -> Any:
+        return config.vision_config
+
+    # features
+    @staticmethod
+    def pooled_width(clip: nn.Module) -> int:
+        """The width of ``pooled_image``'s output (what the feature cache stores)."""
+        return clip.vision_model.config.hidden_size
+
+    @staticmethod
+    def feature_width(clip: nn.Module) -> int:
+        """The width of the image and text features (what scores compare)."""
+        return clip.config.projection_dim
+
+    @staticmethod
+    def pooled_image(clip: nn.Module, pixels: torch.Tensor, interpolate_pos_encoding: bool) -> torch.Tensor:
+        """The part of the image path a feature cache may store: everything before the projection."""
+        return clip.vision_model(pixel_values=pixels, interpolate_pos_encoding=interpolate_pos_encoding).pooler_output
+
+    @staticmethod
+    def project_image(clip: nn.Module, pooled: torch.Tensor) -> torch.Tensor:
+        return clip.visual_projection(pooled)
+
+    @staticmethod
+    def pooled_frozen(clip: nn.Module) -> bool:
+        """Whether ``pooled_image`` has nothing to train (so its outputs can be cached)."""
+        return not any(p.requires_grad for p in clip.vision_model.parameters())
+
+    @staticmethod
+    def text_embeds(clip: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pooled = clip.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        return clip.text_projection(pooled)
+
+    @staticmethod
+    def logit_scale(clip: nn.Module) -> torch.Tensor:
+        return clip.logit_scale.exp().clamp(max=100)
+
+    @staticmethod
+    def logit_bias(clip: nn.Module) -> torch.Tensor | None:
+        return None
+
+    @classmethod
+    def names(cls, canonical: str) -> tuple[str, ...]:
+        """A CLIP module name and this family's names for the same module."""
+        return (canonical, *cls.aliases.get(canonical, ()))
+
+
+@dataclass(frozen=True)
+class TextTokenizer:
+    """A checkpoint's tokenizer under its family's rules: SigLIP's texts are lower-cased and padded to 64 tokens, as
+    they were in pretraining (accuracy collapses otherwise); CLIP's are padded to the longest in the batch."""
+
+    tokenizer: Any
+    family: type[Family] = Family
+
+    def __call__(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """input_ids and attention_mask of ``texts``, truncated to ``max_length`` (and the family's length)."""
+        family = self.family
+        if family.lower_case:
+            texts = [t.lower() for t in texts]
+        if family.text_padding is not None:
+            length = min(max_length or family.text_padding, family.text_padding)
+            tokens = self.tokenizer(
+                texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+            )
+        else:
+            tokens = self.tokenizer(
+                texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+            )
+        mask = tokens.get("attention_mask")
+        return {
+            "input_ids": tokens["input_ids"],
+            "attention_mask": torch.ones_like(tokens["input_ids"]) if mask is None else mask,
+        }
+
+    def count(self, text: str) -> int:
+        """Tokens in one text (with special tokens, no padding)."""
+        return len(self.tokenizer(text.lower() if self.family.lower_case else text)["input_ids"])
+
+
+class MetaClip2Family(Family):
+    """MetaCLIP 2 (worldwide): CLIP's architecture, an XLM-R tokenizer; the text tower pools at the first EOS token
+    (``eos_token_id`` in its config), which its own text model does."""
+
+    name = "metaclip_2"
+    model_types = ("metaclip_2",)
+    model_class_name = "MetaClip2Model"
