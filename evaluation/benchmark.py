@@ -2,10 +2,12 @@
 
     python evaluation/benchmark.py --tiny                  # bundled tiny CLIP on CPU
     python evaluation/benchmark.py --bf16 [--compile]      # ViT-B/16 architecture (random weights) on a GPU
+    python evaluation/benchmark.py --bf16 --family siglip2 # SigLIP 2's (or metaclip_2's) ViT-B/16 architecture
 
 Both sides read the same in-memory uint8 images (so image decoding is out of the comparison) and normalize on the
 device. The stage side is the real ClipTaskModel + ClipTrainer (HF Trainer); the plain side is a hand-written loop
-over CLIPModel with AdamW. Prints images/s for both, their ratio, and peak GPU memory, as one JSON line.
+over the family's own ``get_image_features`` with AdamW. Prints images/s for both, their ratio, and peak GPU memory,
+as one JSON line.
 """
 
 import argparse
@@ -23,8 +25,9 @@ os.environ.setdefault(
 
 import torch  # noqa: E402
 import torch.nn.functional as F
+import transformers  # noqa: E402
 from torch.utils.data import DataLoader, Dataset
-from transformers import CLIPConfig, CLIPModel, CLIPProcessor, TrainerCallback, TrainingArguments
+from transformers import CLIPModel, CLIPProcessor, TrainerCallback, TrainingArguments
 
 from llamafactory.clip_finetune.data.datasets import EpochSeeded
 from llamafactory.clip_finetune.data.transforms import ImageSpec
@@ -33,7 +36,8 @@ from llamafactory.clip_finetune.hparams.training_defaults import STAGE_DEFAULTS
 from llamafactory.clip_finetune.methods import get_method
 from llamafactory.clip_finetune.methods.abs import AbsCallback
 from llamafactory.clip_finetune.methods.feature_cache import cache_image_views
-from llamafactory.clip_finetune.model import ClipTaskModel, TextTokenizer
+from llamafactory.clip_finetune.model import ClipTaskModel
+from llamafactory.clip_finetune.model.families import TextTokenizer, family_of
 from llamafactory.clip_finetune.tasks import ClassificationTask
 from llamafactory.clip_finetune.train.trainer import ClipTrainer
 
@@ -61,6 +65,27 @@ VIT_B16 = {
     },
     "projection_dim": 512,
 }
+# The other families' ViT-B/16 (random weights; the text tower only encodes the class prompts once, so its vocabulary
+# stays CLIP's, which the bundled tokenizer feeds): google/siglip2-base-patch16-224 is a SiglipModel with an attention-
+# pooling head and no projection; facebook/metaclip-2-worldwide-b16 has CLIP's layout.
+VIT_B16_FAMILIES = {
+    "clip": ("CLIPConfig", VIT_B16),
+    "metaclip_2": ("MetaClip2Config", VIT_B16),
+    "siglip2": (
+        "SiglipConfig",
+        {
+            "vision_config": {**VIT_B16["vision_config"], "hidden_act": "gelu_pytorch_tanh"},
+            "text_config": {
+                **VIT_B16["text_config"],
+                "hidden_size": 768,
+                "intermediate_size": 3072,
+                "num_attention_heads": 12,
+                "max_position_embeddings": 64,
+                "projection_size": 768,
+            },
+        },
+    ),
+}
 CLASSES = [f"class {i}" for i in range(100)]
 MAX_GRAD_NORM = 1.0  # the Trainer's default; the plain loop clips too
 
@@ -87,17 +112,14 @@ class UInt8Images(EpochSeeded, Dataset):
         return {"labels": self.labels[indices]}
 
 
-def build_model(tiny: bool, attn: str) -> CLIPModel:
+def build_model(tiny: bool, attn: str, family: str = "clip") -> torch.nn.Module:
     torch.manual_seed(0)
     if tiny:
         return CLIPModel.from_pretrained(TINY, dtype=torch.float32, attn_implementation=attn)
-    config = CLIPConfig(
-        text_config=VIT_B16["text_config"],
-        vision_config=VIT_B16["vision_config"],
-        projection_dim=VIT_B16["projection_dim"],
-    )
+    config_name, arch = VIT_B16_FAMILIES[family]
+    config = getattr(transformers, config_name)(**arch)
     config._attn_implementation = attn
-    return CLIPModel(config)
+    return family_of(config).model_class()(config)  # SigLIP 2 at a fixed resolution is a SiglipModel
 
 
 def classification_args(**keys) -> ClipFinetuningArguments:
@@ -109,7 +131,7 @@ def classification_args(**keys) -> ClipFinetuningArguments:
     return finetuning
 
 
-def build_task_model(clip: CLIPModel, processor: CLIPProcessor, size: int) -> ClipTaskModel:
+def build_task_model(clip: torch.nn.Module, processor: CLIPProcessor, size: int) -> ClipTaskModel:
     spec = ImageSpec.from_processor(processor.image_processor, ClipDataArguments(image_size=size))
     finetuning = classification_args()
     clip = get_method("full")().prepare(clip, finetuning, argparse.Namespace(do_train=True))
@@ -201,7 +223,8 @@ def run_stage(model, data, opts, device) -> float:
 
 
 def run_plain(model: ClipTaskModel, data, opts, device) -> float:
-    """The reference: a plain loop over the same CLIPModel, normalizing uint8 images on the device."""
+    """The reference: a plain loop over the same model through its own ``get_image_features`` (and SigLIP's logit
+    bias), normalizing uint8 images on the device."""
     clip = model.clip.to(device).train()
     text = model.task.class_features.to(device)
     mean, std = model.pixel_mean.to(device), model.pixel_std.to(device)
@@ -220,8 +243,11 @@ def run_plain(model: ClipTaskModel, data, opts, device) -> float:
     def forward_loss(images, labels):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16):
             x = (images.float() / 255 - mean) / std
-            feats = F.normalize(clip.visual_projection(clip.vision_model(pixel_values=x).pooler_output), dim=-1)
-            return F.cross_entropy((clip.logit_scale.exp() * feats @ text.t().to(feats.dtype)).float(), labels)
+            feats = F.normalize(clip.get_image_features(pixel_values=x).pooler_output, dim=-1)
+            logits = clip.logit_scale.exp() * feats @ text.t().to(feats.dtype)
+            if hasattr(clip, "logit_bias"):
+                logits = logits + clip.logit_bias
+            return F.cross_entropy(logits.float(), labels)
 
     # Compile what `torch_compile: true` compiles in the Trainer: the forward (and so its backward), not the optimizer.
     forward_loss = torch.compile(forward_loss) if opts.compile else forward_loss
@@ -445,6 +471,9 @@ def main() -> None:
         help="CPU intra-op threads: tiny matmuls gain nothing from more, and OpenMP barriers add noise",
     )
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument(
+        "--family", default="clip", choices=list(VIT_B16_FAMILIES), help="the ViT-B/16 architecture of this family"
+    )
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument(
@@ -483,7 +512,7 @@ def main() -> None:
     data = UInt8Images(opts.batch_size * 8, size, len(CLASSES))
     results = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "model": "tiny-clip" if opts.tiny else "ViT-B/16 (random weights)",
+        "model": "tiny-clip" if opts.tiny else f"ViT-B/16 {opts.family} architecture (random weights)",
         "batch_size": opts.batch_size,
         "bf16": opts.bf16,
         "compile": opts.compile,
@@ -500,7 +529,7 @@ def main() -> None:
     speeds = {"plain": [], "stage": []}
     for _ in range(opts.repeats):  # alternate, so that drifting machine load hits both sides alike
         for name, runner in (("plain", run_plain), ("stage", run_stage)):
-            model = build_task_model(build_model(opts.tiny, opts.attn), processor, size).to(device)
+            model = build_task_model(build_model(opts.tiny, opts.attn, opts.family), processor, size).to(device)
             model.task.setup(model)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()

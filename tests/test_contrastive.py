@@ -28,20 +28,30 @@ ROWS = (4, 6)  # rank 0 holds 4 pairs, rank 1 holds 6: unequal local batches
 
 
 class PairEncoder(nn.Module):
-    """A stand-in dual encoder: two linear towers and a learned logit scale, as the task's features_only output."""
+    """A stand-in dual encoder: two linear towers and a learned logit scale (and, SigLIP-like, a learned bias), as
+    the task's features_only output."""
 
-    def __init__(self):
+    def __init__(self, sigmoid: bool = False):
         super().__init__()
         torch.manual_seed(0)
         self.image, self.text = nn.Linear(6, 4), nn.Linear(5, 4)
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.bias = nn.Parameter(torch.tensor(-3.0)) if sigmoid else None
 
     def forward(self, x, y):
+        scale = self.log_scale.exp()
         return {
             "image": F.normalize(self.image(x), dim=-1),
             "text": F.normalize(self.text(y), dim=-1),
-            "scale": self.log_scale.exp(),
+            "scale": scale if self.bias is None else torch.stack([scale, self.bias]),
         }
+
+
+def family_loss(image, text, params, negatives="global"):
+    """contrastive_loss with the encoder's logit parameters: a scale, or SigLIP's (scale, bias)."""
+    if params.dim() == 1:
+        return contrastive_loss(image, text, params[0], negatives, bias=params[1])[0]
+    return contrastive_loss(image, text, params, negatives)[0]
 
 
 def batch():
@@ -49,33 +59,40 @@ def batch():
     return torch.randn(sum(ROWS), 6, generator=g), torch.randn(sum(ROWS), 5, generator=g)
 
 
-def reference():
-    """Loss and gradients of one process on the whole batch: mean cross-entropy both ways, averaged."""
-    model = PairEncoder()
+def reference(sigmoid: bool = False):
+    """Loss and gradients of one process on the whole batch: mean cross-entropy both ways, averaged; or SigLIP's
+    loss as transformers' ``SiglipModel`` computes it (every pair a binary problem, summed per image, averaged)."""
+    model = PairEncoder(sigmoid)
     x, y = batch()
     out = model(x, y)
-    logits = out["scale"] * out["image"] @ out["text"].t()
-    targets = torch.arange(len(x))
-    loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+    if sigmoid:
+        scale, bias = out["scale"]
+        logits = scale * out["image"] @ out["text"].t() + bias
+        labels = 2 * torch.eye(len(x)) - 1
+        loss = -F.logsigmoid(labels * logits).sum(dim=-1).mean()
+    else:
+        logits = out["scale"] * out["image"] @ out["text"].t()
+        targets = torch.arange(len(x))
+        loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
     loss.backward()
     return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def worker(rank, world, port, folder, mode):
+def worker(rank, world, port, folder, mode, sigmoid=False):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        model = DistributedDataParallel(PairEncoder())
+        model = DistributedDataParallel(PairEncoder(sigmoid))
         x, y = batch()
         start = sum(ROWS[:rank])
         mine = {"x": x[start : start + ROWS[rank]], "y": y[start : start + ROWS[rank]]}
         if mode == "global":
             out = model(**mine)
-            loss = contrastive_loss(out["image"], out["text"], out["scale"], "global")[0]
+            loss = family_loss(out["image"], out["text"], out["scale"])
             loss.backward()
         else:  # cached micro-batches of this rank's pairs, against every rank's features
             loss = cached_step(
                 lambda chunk: model(**chunk),
-                lambda i, t, s: contrastive_loss(i, t, s, "global")[0],
+                family_loss,
                 mine,
                 3,
                 lambda surrogate: surrogate.backward(),
@@ -93,13 +110,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.parametrize("sigmoid", [False, True], ids=["infonce", "siglip"])
 @pytest.mark.parametrize("mode", ["global", "cached"])
-def test_two_ranks_give_the_gradient_of_one_process_on_the_global_batch(tmp_path, mode):
+def test_two_ranks_give_the_gradient_of_one_process_on_the_global_batch(tmp_path, mode, sigmoid):
     """Under DDP (gloo, 2 processes, unequal local batches) the averaged gradients equal one process's on the global
     batch: gathering with gradients while every rank computed the whole loss would double them, and local negatives
-    would miss half the pairs; both fail here. The mean of the ranks' losses is the global batch's loss."""
-    mp.spawn(worker, args=(2, free_port(), str(tmp_path), mode), nprocs=2, join=True)
-    expected_loss, expected = reference()
+    would miss half the pairs; both fail here. The mean of the ranks' losses is the global batch's loss. The same
+    for SigLIP's sigmoid loss, its bias included."""
+    mp.spawn(worker, args=(2, free_port(), str(tmp_path), mode, sigmoid), nprocs=2, join=True)
+    expected_loss, expected = reference(sigmoid)
     results = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
     assert sum(r["loss"] for r in results) / 2 == pytest.approx(expected_loss, rel=1e-5)
     for name, grad in expected.items():
@@ -108,14 +127,15 @@ def test_two_ranks_give_the_gradient_of_one_process_on_the_global_batch(tmp_path
     assert not torch.allclose(2 * expected["image.weight"], expected["image.weight"])  # a doubling would show
 
 
+@pytest.mark.parametrize("sigmoid", [False, True], ids=["infonce", "siglip"])
 @pytest.mark.parametrize("micro_batches", [1, 2, 3, 10])
-def test_cached_micro_batches_give_the_gradient_of_the_whole_batch(micro_batches):
-    expected_loss, expected = reference()
-    model = PairEncoder()
+def test_cached_micro_batches_give_the_gradient_of_the_whole_batch(micro_batches, sigmoid):
+    expected_loss, expected = reference(sigmoid)
+    model = PairEncoder(sigmoid)
     x, y = batch()
     loss = cached_step(
         lambda chunk: model(**chunk),
-        lambda i, t, s: contrastive_loss(i, t, s)[0],
+        family_loss,
         {"x": x, "y": y},
         micro_batches,
         lambda surrogate: surrogate.backward(),

@@ -14,12 +14,19 @@ import yaml
 
 from ..data.dataset_info import get_dataset_attr, get_dataset_attrs, read_dataset_info
 from ..hparams import ClipFinetuningArguments, choices
+from ..hparams.model_args import PRESETS as MODEL_PRESETS
 from ..methods import METHODS as METHOD_REGISTRY
 from ..tasks import TASKS as TASK_REGISTRY
 from .locales import CLIP_LOCALES, alert
 
 
-PRESETS = ["openai/clip-vit-base-patch16", "openai/clip-vit-base-patch32", "openai/clip-vit-large-patch14"]
+# checkpoints offered in the tab: OpenAI CLIP's, then the other families' short names (hparams.model_args.PRESETS)
+PRESETS = [
+    "openai/clip-vit-base-patch16",
+    "openai/clip-vit-base-patch32",
+    "openai/clip-vit-large-patch14",
+    *MODEL_PRESETS,
+]
 TASKS = list(TASK_REGISTRY)
 METHODS = list(METHOD_REGISTRY)
 ADAPTER_TARGETS = choices(ClipFinetuningArguments, "adapter_target")

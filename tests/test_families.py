@@ -1,0 +1,187 @@
+"""The model-family layer against each family's own transformers code: the features, scores and loss the stage
+computes through ``model.families`` equal what ``CLIPModel``/``SiglipModel``/... compute themselves
+(``get_image_features``, ``get_text_features``, ``forward(return_loss=True)``) on small random models."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+from peft import get_peft_model
+
+from llamafactory.clip_finetune.data.transforms import ImageSpec
+from llamafactory.clip_finetune.hparams import ClipDataArguments, ClipFinetuningArguments
+from llamafactory.clip_finetune.methods import get_method
+from llamafactory.clip_finetune.model import ClipTaskModel, family_of
+from llamafactory.clip_finetune.model.families import FAMILIES
+from llamafactory.clip_finetune.tasks.contrastive import contrastive_loss
+
+
+VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+TEXT = {**VISION, "vocab_size": 99, "max_position_embeddings": 16}
+CONFIGS = {
+    "clip": ("CLIPConfig", {"vision_config": {**VISION, "image_size": 32, "patch_size": 8}, "text_config": TEXT}),
+    "metaclip_2": (
+        "MetaClip2Config",
+        {"vision_config": {**VISION, "image_size": 32, "patch_size": 8}, "text_config": {**TEXT, "eos_token_id": 2}},
+    ),
+    "siglip": ("SiglipConfig", {"vision_config": {**VISION, "image_size": 32, "patch_size": 8}, "text_config": TEXT}),
+    "siglip2": ("Siglip2Config", {"vision_config": {**VISION, "num_patches": 16, "patch_size": 8}, "text_config": TEXT}),
+    "chinese_clip": (
+        "ChineseCLIPConfig",
+        {"vision_config": {**VISION, "image_size": 32, "patch_size": 8}, "text_config": {**TEXT, "type_vocab_size": 2}},
+    ),
+}
+
+
+def random_model(name: str):
+    torch.manual_seed(0)
+    config_name, kwargs = CONFIGS[name]
+    config = getattr(transformers, config_name)(**kwargs)
+    return FAMILIES[name].model_class()(config).eval()
+
+
+def task_model(clip) -> ClipTaskModel:
+    spec = ImageSpec(32, "bicubic", [0.5] * 3, [0.5] * 3, True, [])
+    return ClipTaskModel(clip, torch.nn.Identity(), spec).eval()
+
+
+def inputs(name: str):
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=g)
+    ids = torch.randint(3, 99, (4, 9), generator=g)
+    ids[:, -1] = 2  # an end token where EOS-pooling families look for it
+    return images, ids, torch.ones_like(ids)
+
+
+def own_image_features(clip, name: str, pixels: torch.Tensor) -> torch.Tensor:
+    """The family's own ``get_image_features`` on normalized pixels; NaFlex gets the processor's patch layout."""
+    if name == "siglip2":
+        b, c, h, w = pixels.shape
+        # transformers' convert_image_to_patches, per image: (C, H, W) -> (h*w, p*p*C), channels last in a patch
+        patches = torch.stack(
+            [
+                transformers.models.siglip2.image_processing_siglip2.convert_image_to_patches(img, 8)
+                for img in pixels
+            ]
+        )
+        mask = torch.ones(b, patches.shape[1], dtype=torch.long)
+        shapes = torch.tensor([[h // 8, w // 8]] * b)
+        out = clip.get_image_features(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes)
+    else:
+        out = clip.get_image_features(pixel_values=pixels)
+    return out.pooler_output
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@torch.no_grad()
+def test_features_and_scores_equal_the_familys_own(name):
+    clip = random_model(name)
+    assert family_of(clip.config) is FAMILIES[name]
+    model = task_model(clip)
+    images, ids, mask = inputs(name)
+    image = model.image_features(images)
+    expected = F.normalize(own_image_features(clip, name, model.pixels(images)), dim=-1)
+    assert torch.allclose(image, expected, atol=1e-5)
+    text_kwargs = {"input_ids": ids} if FAMILIES[name].loss == "sigmoid" else {"input_ids": ids, "attention_mask": mask}
+    text = model.text_features(ids, mask)
+    assert torch.allclose(text, F.normalize(clip.get_text_features(**text_kwargs).pooler_output, dim=-1), atol=1e-5)
+    if name == "siglip2":
+        return  # its forward needs the patch rows built above; the scores are the same formula as SigLIP's
+    own = clip(pixel_values=model.pixels(images), **text_kwargs)
+    assert torch.allclose(model.logits(image, text), own.logits_per_image, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["siglip", "siglip2"])
+def test_siglip_loss_equals_the_models_own(name):
+    """The stage's sigmoid loss (one process) equals ``SiglipModel(return_loss=True)`` on paired rows."""
+    clip = random_model(name)
+    model = task_model(clip)
+    images, ids, _ = inputs(name)
+    image, text = model.image_features(images), model.text_features(ids[:3], None)
+    ours = contrastive_loss(image, text, model.logit_scale(), "local", model.logit_bias())[0]
+    logits = model.logits(image, text).t()  # as SiglipModel: texts x images
+    labels = 2 * torch.eye(3) - 1
+    reference = -F.logsigmoid(labels * logits).sum(dim=-1).mean()
+    if name == "siglip":
+        reference_own = clip(pixel_values=model.pixels(images), input_ids=ids[:3], return_loss=True).loss
+        assert torch.allclose(reference, reference_own, atol=1e-5)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_unsupported_family_names_the_supported_ones():
+    config = transformers.AltCLIPConfig()
+    with pytest.raises(ValueError, match="altclip.*Supported: CLIPModel.*SiglipModel.*ChineseCLIPModel"):
+        family_of(config)
+
+
+@pytest.mark.parametrize("name", ["siglip", "siglip2"])
+@torch.no_grad()
+def test_siglip_adapter_on_the_pooled_embedding_caches_like_it_computes(name):
+    """CLIP-Adapter wraps SigLIP's pooling head (there is no projection): the feature from a cached pooled output
+    equals the one computed from the image, and the adapter changes it."""
+    clip = random_model(name)
+    args = ClipFinetuningArguments(finetuning_type="adapter")
+    method = get_method("adapter")()
+    before = task_model(random_model(name)).image_features(inputs(name)[0])
+    peft = method.prepare(clip, args, None)
+    for module in peft.modules():
+        if hasattr(module, "clip_adapter_up"):
+            for up in module.clip_adapter_up.values():
+                torch.nn.init.normal_(up.weight)
+    model = task_model(peft)
+    assert model.family.pooled_frozen(peft)
+    images = inputs(name)[0]
+    direct = model.image_features(images)
+    assert torch.allclose(model.image_features(None, model.pooled_image(images)), direct, atol=1e-6)
+    assert not torch.allclose(direct, before, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("deep", [False, True])
+@torch.no_grad()
+def test_prompts_follow_the_class_token_or_lead_without_one(name, deep):
+    """VPT inserts prompts after CLIP's class token and before SigLIP's patches (the family's prefix), and the pooled
+    feature depends on them: through the class token's attention, or SigLIP's pooling head."""
+    clip = random_model(name)
+    args = ClipFinetuningArguments(finetuning_type="prompt", prompt_deep=deep)
+    peft = get_method("prompt")().prepare(clip, args, None)
+    encoder = peft.base_model.model.vision_model.encoder
+    assert encoder.clip_vpt_prefix["default"] == FAMILIES[name].prefix_tokens
+    model = task_model(peft)
+    images = inputs(name)[0]
+    first = model.image_features(images)
+    encoder.clip_vpt_prompts["default"].add_(torch.randn_like(encoder.clip_vpt_prompts["default"]))
+    assert not torch.allclose(first, model.image_features(images), atol=1e-4)
+
+
+def test_chinese_clip_lora_and_abs_groups_find_bert_layers():
+    """CLIP's module names (q_proj, v_proj) reach Chinese-CLIP's BERT text tower through the family's aliases."""
+    from llamafactory.clip_finetune.methods.abs import unit_group
+    from llamafactory.clip_finetune.methods.lora import lora_target_pattern
+
+    family = FAMILIES["chinese_clip"]
+    clip = random_model("chinese_clip")
+    import re
+
+    pattern = re.compile(lora_target_pattern(["q_proj", "v_proj"], ["vision", "text"], family))
+    matched = [n for n, _ in clip.named_modules() if pattern.match(n)]
+    assert "text_model.encoder.layer.0.attention.self.query" in matched
+    assert "vision_model.encoder.layers.1.self_attn.v_proj" in matched
+    assert not any(n.endswith("attention.self.key") for n in matched)
+    groups = [family.names(t) for t in ["k_proj", "v_proj", "q_proj"]]
+    assert unit_group("text_model.encoder.layer.0.attention.self.key", groups, True) == 0
+    assert unit_group("text_model.encoder.layer.0.attention.self.query", groups, True) == 2
+    assert unit_group("text_model.encoder.layer.0.intermediate.dense", groups, True) == 3
+
+
+def test_processor_sizes_of_every_family():
+    from transformers import CLIPImageProcessor, Siglip2ImageProcessor, SiglipImageProcessor
+
+    from llamafactory.clip_finetune.data.transforms import processor_size
+
+    assert processor_size(CLIPImageProcessor(size={"shortest_edge": 224}, crop_size=224)) == (224, False)
+    assert processor_size(SiglipImageProcessor(size={"height": 384, "width": 384})) == (384, True)
+    assert processor_size(Siglip2ImageProcessor(patch_size=16, max_num_patches=256)) == (256, True)
+    spec = ImageSpec.from_processor(SiglipImageProcessor(size={"height": 32, "width": 32}), ClipDataArguments())
+    image = torch.randint(0, 256, (3, 40, 64), dtype=torch.uint8)
+    assert spec.eval_transform().steps(image).shape == (3, 32, 32)  # squashed, nothing cropped away
