@@ -70,6 +70,26 @@ def test_examples_run_with_the_tiny_checkpoint(tmp_path, example, extra):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "example, model, extra",
+    [
+        ("siglip2_lora.yaml", "tiny-siglip", [*CLASSIFICATION, "classification_loss=sigmoid"]),
+        ("siglip_i2t.yaml", "tiny-siglip", ["max_samples=32"]),
+        ("metaclip2_adapter.yaml", "tiny-metaclip2", CLASSIFICATION),
+        ("chinese_clip_vpt.yaml", "tiny-chinese-clip", CLASSIFICATION),
+    ],
+)
+def test_family_examples_run_with_the_familys_tiny_checkpoint(tmp_path, example, model, extra):
+    tiny = [key for key in TINY if not key.startswith(("model_name_or_path=", "image_size="))]
+    model_path = f"model_name_or_path={DATA_DIR / 'models' / model}"
+    out = run_cli(
+        ["train", str(ROOT / "examples" / "clip" / example), f"output_dir={tmp_path}", model_path, *tiny, *extra]
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert ("eval_i2t_r1" if "i2t" in example else "eval_accuracy") in read_json(tmp_path / "all_results.json")
+
+
+@pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     """FORCE_TORCHRUN: LLaMA-Factory re-runs its launcher.py under torchrun; the hook routes both ranks.
 

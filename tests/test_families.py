@@ -6,16 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from peft import get_peft_model
+from conftest import DATA_DIR, base_args, i2t_args, read_json
+from llamafactory.train.tuner import run_exp
 
 from llamafactory.clip_finetune.data.transforms import ImageSpec
 from llamafactory.clip_finetune.hparams import ClipDataArguments, ClipFinetuningArguments
 from llamafactory.clip_finetune.methods import get_method
-from llamafactory.clip_finetune.model import ClipTaskModel, family_of
+from llamafactory.clip_finetune.model import ClipTaskModel, TextTokenizer, family_of
 from llamafactory.clip_finetune.model.families import FAMILIES
 from llamafactory.clip_finetune.tasks.contrastive import contrastive_loss
 
 
+TINY_FOLDERS = {"siglip": "siglip", "siglip2": "siglip2", "metaclip_2": "metaclip2", "chinese_clip": "chinese-clip"}
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 TEXT = {**VISION, "vocab_size": 99, "max_position_embeddings": 16}
 CONFIGS = {
@@ -25,10 +27,16 @@ CONFIGS = {
         {"vision_config": {**VISION, "image_size": 32, "patch_size": 8}, "text_config": {**TEXT, "eos_token_id": 2}},
     ),
     "siglip": ("SiglipConfig", {"vision_config": {**VISION, "image_size": 32, "patch_size": 8}, "text_config": TEXT}),
-    "siglip2": ("Siglip2Config", {"vision_config": {**VISION, "num_patches": 16, "patch_size": 8}, "text_config": TEXT}),
+    "siglip2": (
+        "Siglip2Config",
+        {"vision_config": {**VISION, "num_patches": 16, "patch_size": 8}, "text_config": TEXT},
+    ),
     "chinese_clip": (
         "ChineseCLIPConfig",
-        {"vision_config": {**VISION, "image_size": 32, "patch_size": 8}, "text_config": {**TEXT, "type_vocab_size": 2}},
+        {
+            "vision_config": {**VISION, "image_size": 32, "patch_size": 8},
+            "text_config": {**TEXT, "type_vocab_size": 2},
+        },
     ),
 }
 
@@ -59,10 +67,7 @@ def own_image_features(clip, name: str, pixels: torch.Tensor) -> torch.Tensor:
         b, c, h, w = pixels.shape
         # transformers' convert_image_to_patches, per image: (C, H, W) -> (h*w, p*p*C), channels last in a patch
         patches = torch.stack(
-            [
-                transformers.models.siglip2.image_processing_siglip2.convert_image_to_patches(img, 8)
-                for img in pixels
-            ]
+            [transformers.models.siglip2.image_processing_siglip2.convert_image_to_patches(img, 8) for img in pixels]
         )
         mask = torch.ones(b, patches.shape[1], dtype=torch.long)
         shapes = torch.tensor([[h // 8, w // 8]] * b)
@@ -82,7 +87,9 @@ def test_features_and_scores_equal_the_familys_own(name):
     image = model.image_features(images)
     expected = F.normalize(own_image_features(clip, name, model.pixels(images)), dim=-1)
     assert torch.allclose(image, expected, atol=1e-5)
-    text_kwargs = {"input_ids": ids} if FAMILIES[name].loss == "sigmoid" else {"input_ids": ids, "attention_mask": mask}
+    text_kwargs = (
+        {"input_ids": ids} if FAMILIES[name].loss == "sigmoid" else {"input_ids": ids, "attention_mask": mask}
+    )
     text = model.text_features(ids, mask)
     assert torch.allclose(text, F.normalize(clip.get_text_features(**text_kwargs).pooler_output, dim=-1), atol=1e-5)
     if name == "siglip2":
@@ -185,3 +192,100 @@ def test_processor_sizes_of_every_family():
     spec = ImageSpec.from_processor(SiglipImageProcessor(size={"height": 32, "width": 32}), ClipDataArguments())
     image = torch.randint(0, 256, (3, 40, 64), dtype=torch.uint8)
     assert spec.eval_transform().steps(image).shape == (3, 32, 32)  # squashed, nothing cropped away
+
+
+# Every method on both tasks on each family's tiny checkpoint (data/models/tiny-*: scripts/build_tiny_families.py),
+# through the stage as users run it (in-process run_exp); the outputs reload with the family's own classes.
+TINY_MODELS = {name: DATA_DIR / "models" / f"tiny-{folder}" for name, folder in TINY_FOLDERS.items()}
+METHOD_KEYS = {
+    "full": {},
+    "abs": {"finetuning_type": "full", "abs": True, "abs_keep": 2, "abs_warmup_epochs": 0.5, "num_train_epochs": 2},
+    "bias": {"finetuning_type": "bias"},
+    "lora": {"finetuning_type": "lora"},
+    "clip_lora": {"finetuning_type": "clip_lora"},
+    "adapter": {"finetuning_type": "adapter"},
+    "vpt_shallow": {"finetuning_type": "prompt"},
+    "vpt_deep": {"finetuning_type": "prompt", "prompt_deep": True},
+    "tip": {"finetuning_type": "tip", "tip_augment_epoch": 1, "tip_search_step": [10, 5]},
+    "tip_f": {"finetuning_type": "tip", "tip_finetune": True, "tip_augment_epoch": 1, "tip_search_step": [10, 5]},
+}
+
+
+def family_run(tmp_path, family: str, method: str, task: str, **extra) -> dict:
+    make = base_args if task == "classification" else i2t_args
+    val = "fashion_mnist_test" if task == "classification" else "emoji_captions_val"
+    keys = {**METHOD_KEYS[method]}
+    if method.startswith("tip"):
+        keys["val_dataset"] = val
+    args = make(tmp_path, model_name_or_path=str(TINY_MODELS[family]), max_steps=2, **{**keys, **extra})
+    if method == "abs":
+        args.pop("max_steps")
+    run_exp(args)
+    return read_json(tmp_path / "all_results.json")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["classification", "image_to_text"])
+@pytest.mark.parametrize("method", list(METHOD_KEYS))
+@pytest.mark.parametrize("family", list(TINY_FOLDERS))
+def test_every_method_on_every_family_and_task(tmp_path, family, method, task):
+    results = family_run(tmp_path / "run", family, method, task)
+    metric = results["eval_accuracy"] if task == "classification" else results["eval_i2t_r1"]
+    assert 0.0 <= metric <= 1.0
+    if method == "abs":
+        assert any(unit["kept"] for unit in read_json(tmp_path / "run" / "abs_selection.json")["units"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "lora", "adapter", "vpt_deep"])
+@pytest.mark.parametrize("family", list(TINY_FOLDERS))
+def test_outputs_reload_with_the_familys_own_classes(tmp_path, family, method):
+    """A trained run's output loads with the family's class (``SiglipModel.from_pretrained``, and
+    ``PeftModel.from_pretrained`` over it for PEFT methods) and evaluates to the accuracy the run reported."""
+    from peft import PeftModel
+
+    import llamafactory.clip_finetune.peft_tuners  # noqa: F401  (registers clip_adapter and clip_vpt with PEFT)
+
+    out = tmp_path / "run"
+    trained = family_run(out, family, method, "classification")
+    model_class = FAMILIES[family].model_class()
+    if method == "full":
+        reloaded = model_class.from_pretrained(out)
+    else:
+        reloaded = PeftModel.from_pretrained(model_class.from_pretrained(TINY_MODELS[family]), out)
+    assert family_of(reloaded.config) is FAMILIES[family]
+    again = tmp_path / "eval"
+    run_exp(base_args(again, model_name_or_path=str(out), do_train=False, num_shots=None, dataset=None))
+    assert read_json(again / "all_results.json")["eval_accuracy"] == pytest.approx(trained["eval_accuracy"])
+
+
+@pytest.mark.parametrize("family", ["siglip", "siglip2"])
+def test_siglip_texts_are_lower_cased_and_padded_to_64(family):
+    """SigLIP's rule, with each tiny checkpoint's real SentencePiece tokenizer: whatever the case and the batch, a
+    text becomes the lower-cased text's ids padded to 64, so the pooled last position is the same padding token."""
+    from transformers import AutoTokenizer
+
+    raw = AutoTokenizer.from_pretrained(TINY_MODELS[family])
+    tokens = TextTokenizer(raw, FAMILIES[family])(["A Photo of a DOG.", "bag"])
+    assert tokens["input_ids"].shape == (2, 64)
+    expected = raw(["a photo of a dog."], padding="max_length", max_length=64)["input_ids"][0]
+    assert tokens["input_ids"][0].tolist() == expected
+    assert tokens["input_ids"][0, -1].item() == raw.pad_token_id
+    assert raw("A Photo")["input_ids"] != raw("a photo")["input_ids"] or family == "siglip"  # siglip's lower-cases too
+    assert TextTokenizer(raw, FAMILIES[family]).count("A Photo") == len(raw("a photo")["input_ids"])
+
+
+def test_chinese_clip_token_types_are_the_models_default():
+    """Chinese-CLIP's BERT tokenizer (real WordPiece) gives token types all 0 for one sentence, which is what the text
+    tower uses when none are given: the stage's features equal the model's own with the tokenizer's token types."""
+    from transformers import AutoProcessor, ChineseCLIPModel
+
+    processor = AutoProcessor.from_pretrained(TINY_MODELS["chinese_clip"])
+    clip = ChineseCLIPModel.from_pretrained(TINY_MODELS["chinese_clip"], dtype=torch.float32).eval()
+    raw = processor.tokenizer(["a photo of a bag.", "a sneaker"], padding=True, return_tensors="pt")
+    assert raw["token_type_ids"].eq(0).all()
+    ours = TextTokenizer(processor.tokenizer, FAMILIES["chinese_clip"])(["a photo of a bag.", "a sneaker"])
+    with torch.no_grad():
+        features = task_model(clip).text_features(ours["input_ids"], ours["attention_mask"])
+        own = F.normalize(clip.get_text_features(**raw).pooler_output, dim=-1)
+    assert torch.allclose(features, own, atol=1e-5)

@@ -356,3 +356,21 @@ def test_a_reloaded_page_gets_the_running_jobs_form_and_an_empty_data_dir_is_exp
     finally:
         runner.abort()
         list(statuses)
+
+
+def test_the_checkpoint_list_offers_every_familys_short_name(tmp_path):
+    """The tab's model list holds the families' short names, and each reaches the run as its hub checkpoint."""
+    from llamafactory.clip_finetune.hparams import ClipModelArguments
+    from llamafactory.clip_finetune.hparams.model_args import PRESETS as SHORT_NAMES
+    from llamafactory.clip_finetune.webui.options import PRESETS
+
+    assert {
+        "siglip2-base-patch16-224",
+        "siglip-base-patch16-224",
+        "metaclip-2",
+        "chinese-clip-vit-base-patch16",
+    } <= set(PRESETS)
+    for name, hub in SHORT_NAMES.items():
+        args = build_args(form(tmp_path, clip_model=name))
+        assert args["model_name_or_path"] == name
+        assert ClipModelArguments(model_name_or_path=args["model_name_or_path"]).model_name_or_path == hub

@@ -141,7 +141,7 @@ class TipCacheCallback(TrainerCallback):
         """Put a TipCache on the model: reloaded when allowed and compatible, else built from the training images."""
         trainer, datasets, f = self.trainer, self.datasets, self.finetuning_args
         model, args = trainer.model, trainer.args
-        dim = model.clip.config.projection_dim
+        dim = model.family.feature_width(model.clip)
         self.header = cache_header(self.model_args, self.data_args, f, args.seed, datasets.classnames, dim)
         directory = f.tip_cache_dir or args.output_dir
         saved = load_cache(directory, self.header) if f.tip_load_cache and not f.tip_fixed_cache else None
