@@ -289,3 +289,51 @@ def test_chinese_clip_token_types_are_the_models_default():
         features = task_model(clip).text_features(ours["input_ids"], ours["attention_mask"])
         own = F.normalize(clip.get_text_features(**raw).pooler_output, dim=-1)
     assert torch.allclose(features, own, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(TINY_FOLDERS))
+def test_wise_ft_and_flyp_on_every_family(tmp_path, family):
+    """WiSE-FT interpolates the family's weights and picks alpha on val; FLYP trains with the family's contrastive
+    loss against class prompts (SigLIP's sigmoid one, with its bias)."""
+    wise = family_run(
+        tmp_path / "wise", family, "full", "classification", wise_ft_alphas=[0.0, 1.0], val_dataset="fashion_mnist_val"
+    )
+    assert "wise_ft_alpha" in wise
+    flyp = family_run(
+        tmp_path / "flyp",
+        family,
+        "full",
+        "classification",
+        classification_loss="contrastive_prompts",
+        freeze_text_tower=False,
+    )
+    assert flyp["train_loss"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(TINY_FOLDERS))
+def test_coop_on_every_family(tmp_path, family):
+    """CoOp's slots in each family's prompts: no BOS and 64-token padding (SigLIP), BERT's word embeddings
+    (Chinese-CLIP), XLM-R's tokens (MetaCLIP 2); class-specific contexts and KgCoOp's pull included."""
+    results = family_run(
+        tmp_path / "run",
+        family,
+        "full",
+        "classification",
+        finetuning_type="coop",
+        coop_ctx_init="a photo of a",
+        coop_kg_weight=8.0,
+    )
+    assert 0.0 <= results["eval_accuracy"] <= 1.0
+    csc = family_run(
+        tmp_path / "csc",
+        family,
+        "full",
+        "classification",
+        finetuning_type="coop",
+        coop_n_ctx=2,
+        coop_class_specific=True,
+        coop_class_token_position="middle",
+    )
+    assert 0.0 <= csc["eval_accuracy"] <= 1.0

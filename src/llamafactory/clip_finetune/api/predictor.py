@@ -51,7 +51,7 @@ class ClipPredictor:
         self.transform = spec.eval_transform()
         # no task: the server calls the model's feature methods, never its training forward
         self.model = ClipTaskModel(clip, nn.Identity(), spec, model_args.interpolate_pos_encoding)
-        self.tokenizer = TextTokenizer(self.processor.tokenizer, self.model.family)
+        self.tokenizer = TextTokenizer(self.processor.tokenizer, self.model.family).for_model(clip)
         self.model.to(self.device).eval()
         self.templates = data_args.templates or DEFAULT_TEMPLATES
         self.classnames: list[str] | None = None

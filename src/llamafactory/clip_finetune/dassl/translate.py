@@ -136,6 +136,7 @@ class Translation:
     single_step: bool = False  # OPTIM.LR_SCHEDULER single_step, checked against STEPSIZE once merged
     stepsize: int = -1
     shared_dir: str | None = None  # TRAINER.TIP.CACHE_DIR_NEW
+    trainer: str | None = None  # this file's TRAINER.NAME
 
     def set(self, key: str, value: Any, source: str) -> None:
         self.values[key] = value
@@ -153,6 +154,26 @@ Rule = Callable[[Translation, Any, str], None]
 
 def _to(key: str, kind: Callable[[Any], Any]) -> tuple[Callable[[Any], Any], Rule]:
     return kind, lambda t, v, path: t.set(key, v, path)
+
+
+COOP_TRAINERS = ("CoOp", "KgCoOp")
+
+
+def _coop_key(key: str) -> Rule:
+    """CoOp's text-context keys set the coop method when the file's TRAINER.NAME is CoOp or KgCoOp; other trainers'
+    files (xtune's VPT and adapter configs) carry them as boilerplate: logged as unused."""
+    method_rule = _method_key("coop", key)
+
+    def rule(t: Translation, value: Any, path: str) -> None:
+        if t.trainer in COOP_TRAINERS:
+            method_rule(t, value, path)
+        else:
+            t.unused[path] = (
+                f"CoOp's text context, used when the file's TRAINER.NAME is CoOp or KgCoOp (here: {t.trainer}); "
+                "else set finetuning_type: coop and the coop_* keys"
+            )
+
+    return rule
 
 
 def _one_of(value: str, options: list[str], path: str) -> None:
@@ -335,6 +356,11 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], Rule]] = {
     "TRAINER.TIP.CACHE_DIR": (_str, _tip_cache_dir),
     "TRAINER.TIP.CACHE_DIR_NEW": (_str, _tip_shared_dir),
     # xtune's VPT reads its prompt keys from the CoOp section
+    "TRAINER.COOP.N_CTX": (_int, _coop_key("coop_n_ctx")),
+    "TRAINER.COOP.CSC": (_bool, _coop_key("coop_class_specific")),
+    "TRAINER.COOP.CTX_INIT": (_str, _coop_key("coop_ctx_init")),
+    "TRAINER.COOP.CLASS_TOKEN_POSITION": (_str, _coop_key("coop_class_token_position")),
+    "TRAINER.COOP.W": (_float, _coop_key("coop_kg_weight")),
     "TRAINER.COOP.N_PLN": (_int, _method_key("prompt", "prompt_length")),
     "TRAINER.COOP.N_PDT": (_float, _method_key("prompt", "prompt_dropout")),
     "TRAINER.COOP.PMT_DEEP": (_bool, _method_key("prompt", "prompt_deep")),
@@ -345,7 +371,6 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], Rule]] = {
     "SEED": _to("seed", _int),
     "OUTPUT_DIR": _to("output_dir", _str),
 }
-TEXT_PROMPT = "CoOp's learned text context; this stage has no text-prompt method yet (finetuning_type)"
 DEVICE = "xtune's device and DDP settings: the launcher (torchrun, DeepSpeed, accelerate) decides them here"
 NOT_CLIP = "a Dassl trainer for domain adaptation / semi-supervised learning, not a CLIP method of this stage"
 AUGMENT = "a setting of Dassl transforms this stage does not have (train_transforms lists the ones it has)"
@@ -353,10 +378,6 @@ SAMPLING = "the Trainer draws training batches at random from one dataset"
 # Keys accepted with no effect on the run, by exact key or by section prefix; the reason is logged.
 UNUSED: dict[str, str] = {
     "TRAINER.NAME": "the method is finetuning_type (or the method section of the config)",
-    "TRAINER.COOP.N_CTX": TEXT_PROMPT,
-    "TRAINER.COOP.CSC": TEXT_PROMPT,
-    "TRAINER.COOP.CTX_INIT": TEXT_PROMPT,
-    "TRAINER.COOP.CLASS_TOKEN_POSITION": TEXT_PROMPT,
     "TRAINER.COOP.PREC": "precision is bf16 / fp16 (fp32 when neither is set)",
     "TRAINER.COOP.ACC": "evaluation during training is eval_strategy",
     "TRAINER.COOP.XPU": DEVICE,
@@ -366,7 +387,7 @@ UNUSED: dict[str, str] = {
     "TRAINER.COOP.bucket_cap": DEVICE,
     "TRAINER.COOP.use_gradient_as_bucket_view": DEVICE,
     "TRAINER.COOP.Max_Batch": "xtune's cap on batches per epoch; use max_steps",
-    "TRAINER.COCOOP.": "CoCoOp's conditional text context; this stage has no text-prompt method yet",
+    "TRAINER.COCOOP.": "CoCoOp's image-conditioned text context: not a method of this stage (coop is CoOp/KgCoOp)",
     "TRAINER.LFA.": "LFA (linear feature alignment) is not a method of this stage",
     "TRAINER.OPTUNA.": "xtune's hyper-parameter search on the test split, which this stage does not repeat",
     "optuna_cfg.": "xtune's hyper-parameter search on the test split, which this stage does not repeat",
@@ -512,6 +533,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def translate(config: dict[str, Any], path: str = "<dict>") -> Translation:
     translation = Translation(path)
+    translation.trainer = _flatten(config).get("TRAINER.NAME")
     for key, value in _flatten(config).items():
         if key not in SCHEMA:
             reason = _unused_reason(key)

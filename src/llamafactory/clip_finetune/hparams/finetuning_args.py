@@ -53,6 +53,23 @@ class ClipFinetuningArguments(ClipOptimArguments):
     adapter_target: Literal["vision", "text", "both"] = field(
         default="vision", metadata={"help": "adapter: which tower's projected feature is adapted."}
     )
+    coop_n_ctx: int | None = field(
+        default=None, metadata={"help": "coop: context vectors (default: 16, or coop_ctx_init's token count)."}
+    )
+    coop_ctx_init: str | None = field(
+        default=None, metadata={"help": "coop: initialize the context from this phrase (e.g. 'a photo of a')."}
+    )
+    coop_class_specific: bool = field(default=False, metadata={"help": "coop: one context per class (CSC)."})
+    coop_class_token_position: Literal["end", "middle", "front"] = field(
+        default="end", metadata={"help": "coop: the class name after, inside or before the context."}
+    )
+    coop_kg_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "coop: KgCoOp's weight on 1 - mean cosine between the learned and the hand-crafted class text "
+            "features (the paper uses 8.0; 0: plain CoOp)."
+        },
+    )
     prompt_length: int = field(default=5, metadata={"help": "prompt: prompt tokens (per layer when deep)."})
     prompt_deep: bool = field(default=False, metadata={"help": "prompt: new prompts before every layer (VPT-deep)."})
     prompt_dropout: float = field(default=0.0, metadata={"help": "prompt: dropout on the prompts."})

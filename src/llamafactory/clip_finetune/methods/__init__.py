@@ -5,6 +5,7 @@ import dataclasses
 from .adapter import AdapterMethod
 from .base import Method, Run
 from .bias import BiasMethod
+from .coop import CoopMethod
 from .full import FullMethod
 from .lora import ClipLoraMethod, LoraMethod
 from .prompt import PromptMethod
@@ -13,7 +14,16 @@ from .tip import TipMethod
 
 METHODS: dict[str, type[Method]] = {
     method.name: method
-    for method in (FullMethod, BiasMethod, LoraMethod, ClipLoraMethod, AdapterMethod, PromptMethod, TipMethod)
+    for method in (
+        FullMethod,
+        BiasMethod,
+        LoraMethod,
+        ClipLoraMethod,
+        AdapterMethod,
+        PromptMethod,
+        CoopMethod,
+        TipMethod,
+    )
 }
 
 

@@ -114,6 +114,10 @@ class Method:
         """Argument checks and stage defaults of this method, run while parsing (model_args, data_args,
         training_args, finetuning_args), after the task's."""
 
+    def see_data(self, datasets: "ClipDatasets", tokenizer: Any) -> None:
+        """What the method reads from the run's data before ``prepare`` (CoOp: the class count, and the tokenizer
+        for its initialization phrase)."""
+
     def prepare(
         self, clip: nn.Module, finetuning_args: "ClipFinetuningArguments", training_args: "TrainingArguments"
     ) -> nn.Module:

@@ -23,10 +23,12 @@ def add_peft_type(name: str) -> PeftType:
 
 def register_all() -> None:
     from .clip_adapter import ClipAdapterConfig, ClipAdapterModel
+    from .clip_coop import ClipCoopConfig, ClipCoopModel
     from .clip_vpt import ClipVptConfig, ClipVptModel
 
     for name, config_cls, model_cls in (
         ("clip_adapter", ClipAdapterConfig, ClipAdapterModel),
+        ("clip_coop", ClipCoopConfig, ClipCoopModel),
         ("clip_vpt", ClipVptConfig, ClipVptModel),
     ):
         if add_peft_type(name.upper()) not in PEFT_TYPE_TO_CONFIG_MAPPING:

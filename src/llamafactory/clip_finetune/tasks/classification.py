@@ -2,6 +2,7 @@
 as a random order: see ``ranking``)."""
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -32,17 +33,27 @@ class ClassificationTask(Task):
         tokenizer: Any,
         text_trainable: bool,
         loss: str = "cross_entropy",
+        anchor_weight: float = 0.0,
     ):
         super().__init__()
         self.loss = loss
         self.classnames = classnames
         self.templates = templates
         self.text_trainable = text_trainable
-        prompts = [template.format(name) for name in classnames for template in templates]
-        tokens = tokenizer(prompts)  # a model.families.TextTokenizer: the family's case and padding rules
+        self.anchor_weight = anchor_weight
+        # a model.families.TextTokenizer: the family's case and padding rules, and a CoOp context's slots
+        prompts, classes = tokenizer.class_prompts(classnames, templates)
+        self.per_class = len(prompts) // len(classnames)
+        tokens = tokenizer(prompts, classes=classes)
         self.register_buffer("prompt_ids", tokens["input_ids"], persistent=False)
         self.register_buffer("prompt_mask", tokens["attention_mask"], persistent=False)
         self.register_buffer("class_features", torch.empty(0), persistent=False)
+        if anchor_weight:  # KgCoOp: the hand-crafted prompts, without a learned context
+            plain = replace(tokenizer, context=None)
+            anchor = plain(plain.class_prompts(classnames, templates)[0])
+            self.register_buffer("anchor_ids", anchor["input_ids"], persistent=False)
+            self.register_buffer("anchor_mask", anchor["attention_mask"], persistent=False)
+            self.register_buffer("anchor_features", torch.empty(0), persistent=False)
 
     @classmethod
     def check(cls, data_args: Any, finetuning_args: Any) -> None:
@@ -58,7 +69,12 @@ class ClassificationTask(Task):
     def build(cls, datasets: Any, tokenizer: Any, clip: nn.Module, finetuning_args: Any) -> "ClassificationTask":
         text_trainable = any(p.requires_grad for n, p in clip.named_parameters() if "text_" in n)
         return cls(
-            datasets.classnames, datasets.templates, tokenizer, text_trainable, finetuning_args.classification_loss
+            datasets.classnames,
+            datasets.templates,
+            tokenizer,
+            text_trainable,
+            finetuning_args.classification_loss,
+            finetuning_args.coop_kg_weight,
         )
 
     def encode_classes(self, model: nn.Module, classes: torch.Tensor | None = None) -> torch.Tensor:
@@ -66,14 +82,21 @@ class ClassificationTask(Task):
         ``encode_texts``, averaged, normalized."""
         ids, mask, count = self.prompt_ids, self.prompt_mask, len(self.classnames)
         if classes is not None:
-            rows = classes[:, None] * len(self.templates) + torch.arange(len(self.templates), device=ids.device)
+            rows = classes[:, None] * self.per_class + torch.arange(self.per_class, device=ids.device)
             ids, mask, count = ids[rows.flatten()], mask[rows.flatten()], len(classes)
         feats = model.encode_texts(ids, mask)
-        feats = feats.view(count, len(self.templates), -1).mean(dim=1)
+        feats = feats.view(count, self.per_class, -1).mean(dim=1)
         return F.normalize(feats, dim=-1)
 
     @torch.no_grad()
     def setup(self, model: nn.Module) -> None:
+        if self.anchor_weight:
+            was_training = model.training
+            model.eval()
+            per_class = len(self.anchor_ids) // len(self.classnames)
+            feats = model.encode_texts(self.anchor_ids, self.anchor_mask).view(len(self.classnames), per_class, -1)
+            self.anchor_features = F.normalize(feats.mean(dim=1), dim=-1).float()
+            model.train(was_training)
         if not self.text_trainable:
             was_training = model.training
             model.eval()
@@ -94,7 +117,8 @@ class ClassificationTask(Task):
         image = model.image_features(pixel_values, pooled)
         if self.loss == "contrastive_prompts" and labels is not None:
             return self.prompt_contrastive(model, image, labels)
-        logits = self.logits(model, image, self.class_weights(model))
+        weights = self.class_weights(model)
+        logits = self.logits(model, image, weights)
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = (
@@ -102,6 +126,9 @@ class ClassificationTask(Task):
                 if self.loss == "sigmoid"
                 else F.cross_entropy(logits.float(), labels)
             )
+            if self.anchor_weight:  # KgCoOp: 1 - mean cosine of the class features to the hand-crafted prompts'
+                kept = F.cosine_similarity(weights.float(), self.anchor_features, dim=-1, eps=1e-7).mean()
+                out["loss"] = out["loss"] + self.anchor_weight * (1.0 - kept)
         return out
 
     @staticmethod

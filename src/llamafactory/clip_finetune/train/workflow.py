@@ -44,9 +44,11 @@ def run_clip(
     tokenizer = TextTokenizer(processor.tokenizer, family_of(clip.config))
     datasets = load_clip_datasets(data_args, task_class.name, training_args.seed, processor.image_processor, tokenizer)
     if training_args.do_train:
+        method.see_data(datasets, tokenizer)
         clip = method.prepare(clip, finetuning_args, training_args)
     else:  # evaluate or predict the checkpoint as it is (a method would add untrained layers)
         clip.requires_grad_(False)
+    tokenizer = tokenizer.for_model(clip)  # a CoOp context (trained now or reloaded) leaves slots in class prompts
     task = task_class.build(datasets, tokenizer, clip, finetuning_args)
     model = ClipTaskModel(clip, task, datasets.spec, model_args.interpolate_pos_encoding)
     log_trainable(model)

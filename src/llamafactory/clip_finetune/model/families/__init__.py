@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from .base import Family, MetaClip2Family, TextTokenizer
+from .base import Family, MetaClip2Family, PromptContext, TextTokenizer
 from .chinese_clip import ChineseClipFamily
 from .siglip import Siglip2Family, SiglipFamily
 
@@ -22,4 +22,4 @@ def family_of(config: Any) -> type[Family]:
     raise ValueError(f"model type `{model_type}` is not a supported dual encoder. Supported: {supported}.")
 
 
-__all__ = ["FAMILIES", "Family", "TextTokenizer", "family_of"]
+__all__ = ["FAMILIES", "Family", "PromptContext", "TextTokenizer", "family_of"]

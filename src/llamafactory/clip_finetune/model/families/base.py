@@ -22,6 +22,7 @@ class Family:
     lower_case: ClassVar[bool] = False  # lower-case texts before tokenizing
     # CLIP's module names (what lora_target, abs_group_name and bias_terms say) -> this family's names for them
     aliases: ClassVar[dict[str, tuple[str, ...]]] = {}
+    token_embedding: ClassVar[str] = "text_model.embeddings.token_embedding"  # where CoOp's context vectors go
     # the modules CLIP-Adapter wraps: their output is the feature the adapter adds its residual to
     adapter_targets: ClassVar[dict[str, list[str]]] = {"vision": ["visual_projection"], "text": ["text_projection"]}
 
@@ -93,18 +94,47 @@ class Family:
 
 
 @dataclass(frozen=True)
+class PromptContext:
+    """Slots for learned context vectors (CoOp) in every class prompt: ``n_ctx`` slots, the class name after them
+    (``end``), between their halves (``middle``) or before them (``front``); one context, or one per class."""
+
+    n_ctx: int
+    position: str = "end"
+    class_specific: bool = False
+
+    def slots(self, group: int) -> list[int]:
+        """Slot ids (negative: no token has them) of context ``group``, as ``peft_tuners.clip_coop`` reads them."""
+        return [-(1 + group * self.n_ctx + k) for k in range(self.n_ctx)]
+
+
+@dataclass(frozen=True)
 class TextTokenizer:
     """A checkpoint's tokenizer under its family's rules: SigLIP's texts are lower-cased and padded to 64 tokens, as
-    they were in pretraining (accuracy collapses otherwise); CLIP's are padded to the longest in the batch."""
+    they were in pretraining (accuracy collapses otherwise); CLIP's are padded to the longest in the batch. With a
+    ``context`` (CoOp), class prompts are ``"{class}."`` with the context's slots around the name."""
 
     tokenizer: Any
     family: type[Family] = Family
+    context: PromptContext | None = None
 
-    def __call__(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
-        """input_ids and attention_mask of ``texts``, truncated to ``max_length`` (and the family's length)."""
+    def class_prompts(self, classnames: list[str], templates: list[str]) -> tuple[list[str], list[int]]:
+        """The prompts of every class (class-major) and each prompt's class: the templates' ensemble, or CoOp's one
+        prompt per class whose context replaces the templates."""
+        if self.context is not None:
+            return [f"{name}." for name in classnames], list(range(len(classnames)))
+        prompts = [template.format(name) for name in classnames for template in templates]
+        return prompts, [c for c in range(len(classnames)) for _ in templates]
+
+    def __call__(
+        self, texts: list[str], max_length: int | None = None, classes: list[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """input_ids and attention_mask of ``texts``, truncated to ``max_length`` (and the family's length);
+        ``classes``: each text's class (a class-specific context needs them)."""
         family = self.family
         if family.lower_case:
             texts = [t.lower() for t in texts]
+        if self.context is not None:
+            return self._with_context(texts, max_length, classes)
         if family.text_padding is not None:
             length = min(max_length or family.text_padding, family.text_padding)
             tokens = self.tokenizer(
@@ -119,6 +149,49 @@ class TextTokenizer:
             "input_ids": tokens["input_ids"],
             "attention_mask": torch.ones_like(tokens["input_ids"]) if mask is None else mask,
         }
+
+    def _with_context(self, texts: list[str], max_length: int | None, classes: list[int] | None) -> dict:
+        ctx, tok = self.context, self.tokenizer
+        if ctx.class_specific and classes is None:
+            raise ValueError(
+                "A class-specific CoOp context scores class prompts only: no class given for these texts."
+            )
+        probe, bare = tok("a")["input_ids"], tok("a", add_special_tokens=False)["input_ids"]
+        start = probe.index(bare[0])
+        prefix, suffix = probe[:start], probe[start + len(bare) :]
+        length = min(max_length or tok.model_max_length, tok.model_max_length, self.family.text_padding or 10**6)
+        rows = []
+        for i, text in enumerate(texts):
+            slots = ctx.slots(classes[i] if ctx.class_specific else 0)
+            name, end = (text[:-1], text[-1:]) if text.endswith(".") else (text, "")
+            name_ids = tok(name, add_special_tokens=False)["input_ids"]
+            end_ids = tok(end, add_special_tokens=False)["input_ids"] if end else []
+            half = ctx.n_ctx // 2
+            body = {
+                "end": slots + name_ids + end_ids,
+                "front": name_ids + slots + end_ids,
+                "middle": slots[:half] + name_ids + slots[half:] + end_ids,
+            }[ctx.position]
+            rows.append(prefix + body[: length - len(prefix) - len(suffix)] + suffix)
+        padding = "max_length" if self.family.text_padding is not None else "longest"
+        tokens = tok.pad({"input_ids": rows}, padding=padding, max_length=length, return_tensors="pt")
+        mask = tokens.get("attention_mask")
+        return {
+            "input_ids": tokens["input_ids"],
+            "attention_mask": torch.ones_like(tokens["input_ids"]) if mask is None else mask,
+        }
+
+    def for_model(self, clip: nn.Module) -> "TextTokenizer":
+        """This tokenizer with the slots of the model's CoOp context, if it has one (trained now or reloaded)."""
+        from dataclasses import replace
+
+        config = next(
+            (c for c in (getattr(clip, "peft_config", None) or {}).values() if c.peft_type == "CLIP_COOP"), None
+        )
+        if config is None:
+            return replace(self, context=None)
+        context = PromptContext(config.n_ctx, config.class_token_position, config.n_groups > 1)
+        return replace(self, context=context)
 
     def count(self, text: str) -> int:
         """Tokens in one text (with special tokens, no padding)."""

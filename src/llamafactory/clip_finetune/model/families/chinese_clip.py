@@ -20,6 +20,7 @@ class ChineseClipFamily(Family):
     model_types = ("chinese_clip",)
     model_class_name = "ChineseCLIPModel"
     aliases = BERT_NAMES
+    token_embedding = "text_model.embeddings.word_embeddings"
 
     @staticmethod
     def text_embeds(clip: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
