@@ -15,17 +15,19 @@ in the family's own format:
 - tiny-siglip: SentencePiece unigram ``spiece.model`` (like SigLIP's T5 vocabulary) + SiglipTokenizer
 - tiny-siglip2: SentencePiece BPE with byte fallback (like Gemma's), as a GemmaTokenizer ``tokenizer.json``
 - tiny-metaclip2: SentencePiece unigram ``sentencepiece.bpe.model`` (like XLM-R/XLM-V) + XLMRobertaTokenizer
-- tiny-chinese-clip: WordPiece ``vocab.txt`` trained with ``tokenizers`` + BertTokenizer
+- tiny-chinese-clip: WordPiece ``tokenizer.json`` (``tokenizers``' BERT normalisation, deterministic merges),
+  BertTokenizer
 
 Weights are stored in float16; load with ``dtype=torch.float32`` to train on CPU.
 
-Usage (deterministic: seed 0, CPU; about a minute per model on 2 cores):
+Usage (deterministic: seed 0, CPU, one thread; well under a minute per model):
     python scripts/build_datasets.py
     python scripts/build_tiny_families.py                      # all four
     python scripts/build_tiny_families.py --only siglip,chinese_clip --steps 300
 """
 
 import argparse
+import io
 import json
 import math
 import random
@@ -35,6 +37,7 @@ import string
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +45,7 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 import torch.nn.functional as F
-from tokenizers import BertWordPieceTokenizer
+from tokenizers import normalizers, pre_tokenizers
 from transformers import (
     AutoProcessor,
     AutoTokenizer,
@@ -90,7 +93,7 @@ VISION = {
 }
 TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 PROJECTION = 48  # MetaCLIP 2 and Chinese-CLIP: distinct from both tower widths (32 text, 64 vision)
-# Files that transformers writes into tokenizer_config.json but that describe this machine, not the tokenizer.
+# Keys that transformers writes into tokenizer_config.json but that describe the load, not the tokenizer.
 NOISE_KEYS = ("is_local", "local_files_only", "unk_id")
 
 
@@ -117,17 +120,59 @@ def siglip_canonical(text: str) -> str:
     return re.sub(r"\s+", " ", text.lower().translate(str.maketrans("", "", string.punctuation))).strip()
 
 
-def train_sentencepiece(lines: list[str], prefix: Path, **kwargs) -> Path:
+def train_sentencepiece(lines: list[str], path: Path, **kwargs) -> Path:
+    """Train with the sentencepiece package and write the model to ``path``. (Through model_writer
+    rather than model_prefix, so that the model does not record the scratch dir's random name.)"""
+    model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines),
-        model_prefix=str(prefix),
+        model_writer=model,
         character_coverage=1.0,
-        num_threads=1,  # deterministic
+        num_threads=1,
         minloglevel=2,
         **kwargs,
     )
-    Path(f"{prefix}.vocab").unlink()
-    return Path(f"{prefix}.model")
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def train_wordpiece(lines: list[str], vocab_size: int, specials: list[str], alphabet: str) -> list[str]:
+    """A WordPiece vocabulary built the way the ``tokenizers`` package's WordPieceTrainer builds one
+    (BERT normalisation and pre-tokenisation from ``tokenizers``; every character, then "##" + every
+    continuing character, then repeatedly the most frequent adjacent pair merged), but with ties broken
+    by the pair's text. The ``tokenizers`` trainer breaks them by hash order, so on this small corpus
+    it gives a different vocabulary in every process."""
+    normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+    )
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(
+        word for line in lines for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line))
+    )
+    words = [([w[0]] + ["##" + c for c in w[1:]], n) for w, n in sorted(counts.items())]
+    firsts = {c for w in counts for c in w} | set(alphabet)
+    continuing = {piece for pieces, _ in words for piece in pieces[1:]} | {"##" + c for c in alphabet}
+    vocab = list(specials) + sorted(firsts) + sorted(continuing)
+    known = set(vocab)
+    while len(vocab) < vocab_size:
+        pairs: Counter = Counter()
+        for pieces, n in words:
+            for pair in zip(pieces, pieces[1:], strict=False):
+                pairs[pair] += n
+        if not pairs:
+            break
+        a, b = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merged = a + b.removeprefix("##")
+        for pieces, _ in words:
+            i = 0
+            while i < len(pieces) - 1:
+                if pieces[i] == a and pieces[i + 1] == b:
+                    pieces[i : i + 2] = [merged]
+                i += 1
+        if merged not in known:
+            vocab.append(merged)
+            known.add(merged)
+    return vocab
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,6 +189,7 @@ class Family:
     tokenizer_cls: type
     build: Callable[[Path], tuple[PreTrainedModel, ProcessorMixin]]  # (scratch dir) -> untrained model, processor
     loss: str  # for the model card
+    steps: int  # default pre-training steps (about 30-45 s on one CPU thread)
     text_kwargs: dict = field(default_factory=dict)  # passed to processor(text=...)
     image_kwargs: dict = field(default_factory=dict)  # passed to processor(images=...)
     lower: bool = False  # lower-case texts before the tokenizer (SigLIP 2's tokenizer does not)
@@ -159,7 +205,7 @@ def build_siglip(tmp: Path) -> tuple[SiglipModel, SiglipProcessor]:
     # trained without an attention mask (its pooled token is the last, padding position).
     model_file = train_sentencepiece(
         [siglip_canonical(line) for line in tokenizer_corpus()],
-        tmp / "spiece",
+        tmp / "spiece.model",
         model_type="unigram",
         vocab_size=400,
         pad_id=0,
@@ -199,7 +245,7 @@ def build_siglip2(tmp: Path) -> tuple[Siglip2Model, Siglip2Processor]:
     # does not lower-case: SigLIP 2 was trained on lower-cased text, so callers must lower-case.
     model_file = train_sentencepiece(
         tokenizer_corpus(),
-        tmp / "tokenizer",
+        tmp / "tokenizer.model",
         model_type="bpe",
         vocab_size=1000,
         pad_id=0,
@@ -262,7 +308,7 @@ def build_metaclip2(tmp: Path) -> tuple[MetaClip2Model, CLIPProcessor]:
     # Upper-case letters and digits are forced into the vocabulary so "A photo" is not <unk>.
     model_file = train_sentencepiece(
         tokenizer_corpus(),
-        tmp / "sentencepiece.bpe",
+        tmp / "sentencepiece.bpe.model",
         model_type="unigram",
         vocab_size=400,
         required_chars=string.ascii_uppercase + string.digits,
@@ -295,16 +341,13 @@ def build_metaclip2(tmp: Path) -> tuple[MetaClip2Model, CLIPProcessor]:
 def build_chinese_clip(tmp: Path) -> tuple[ChineseCLIPModel, ChineseCLIPProcessor]:
     # Like OFA-Sys/chinese-clip-*: a BERT WordPiece vocab.txt (lower-casing, [PAD]=0) and a BERT text
     # tower whose feature is the [CLS] (first) token, projected; token_type_ids are model inputs.
-    wordpiece = BertWordPieceTokenizer(lowercase=True, strip_accents=None, clean_text=True, handle_chinese_chars=True)
-    wordpiece.train_from_iterator(
+    vocab = train_wordpiece(
         tokenizer_corpus(),
         vocab_size=1000,
-        min_frequency=1,
-        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-        initial_alphabet=list(string.ascii_lowercase + string.digits),
-        show_progress=False,
+        specials=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+        alphabet=string.ascii_lowercase + string.digits,
     )
-    wordpiece.save_model(str(tmp))
+    (tmp / "vocab.txt").write_text("".join(piece + "\n" for piece in vocab))
     tokenizer = BertTokenizer.from_pretrained(tmp, model_max_length=64)
     config = ChineseCLIPConfig(
         text_config={
@@ -313,6 +356,7 @@ def build_chinese_clip(tmp: Path) -> tuple[ChineseCLIPModel, ChineseCLIPProcesso
             "max_position_embeddings": 64,
             "type_vocab_size": 2,
             "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": None,  # BERT has none ([CLS] is its first token)
         },
         vision_config={**VISION, "projection_dim": PROJECTION},
         projection_dim=PROJECTION,
@@ -326,7 +370,16 @@ def build_chinese_clip(tmp: Path) -> tuple[ChineseCLIPModel, ChineseCLIPProcesso
         image_mean=OPENAI_CLIP_MEAN,
         image_std=OPENAI_CLIP_STD,
     )
-    return ChineseCLIPModel(config), ChineseCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model = ChineseCLIPModel(config)
+    # transformers 5.6's ChineseCLIPPreTrainedModel._init_weights has no branch for the BERT text layers,
+    # so its catch-all gives every text nn.Linear std = initializer_factor = 1.0 (BERT uses
+    # initializer_range = 0.02); from that init the text tower saturates and training collapses.
+    with torch.no_grad():
+        for module in model.text_model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, config.text_config.initializer_range)
+                module.bias.zero_()
+    return model, ChineseCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def _init_sigmoid_logits(model: SiglipModel | Siglip2Model) -> None:
@@ -345,6 +398,7 @@ FAMILIES = {
         tokenizer_cls=SiglipTokenizer,
         build=build_siglip,
         loss="SigLIP's pairwise sigmoid loss (`SiglipModel(..., return_loss=True)`)",
+        steps=1000,
         text_kwargs={"padding": "max_length", "max_length": 64},
         lower=True,
     ),
@@ -356,6 +410,7 @@ FAMILIES = {
         tokenizer_cls=GemmaTokenizer,
         build=build_siglip2,
         loss="SigLIP's pairwise sigmoid loss (`Siglip2Model(..., return_loss=True)`)",
+        steps=1000,
         text_kwargs={"padding": "max_length", "max_length": 64},
         image_kwargs={"patch_size": PATCH, "max_num_patches": SIGLIP2_MAX_PATCHES},
         lower=True,
@@ -369,6 +424,7 @@ FAMILIES = {
         tokenizer_cls=XLMRobertaTokenizer,
         build=build_metaclip2,
         loss="CLIP's symmetric contrastive (InfoNCE) loss (`MetaClip2Model(..., return_loss=True)`)",
+        steps=1000,
         text_kwargs={"padding": True},
         keep_files=("sentencepiece.bpe.model",),  # 0.25 MB instead of a 0.35 MB tokenizer.json
         drop_files=("tokenizer.json",),
@@ -381,9 +437,12 @@ FAMILIES = {
         tokenizer_cls=BertTokenizer,
         build=build_chinese_clip,
         loss="CLIP's symmetric contrastive (InfoNCE) loss (`ChineseCLIPModel(..., return_loss=True)`)",
+        steps=1500,
         text_kwargs={"padding": True},
-        keep_files=("vocab.txt",),
-        drop_files=("tokenizer.json",),
+        # tokenizer.json (22 KB), not vocab.txt: BertTokenizer built from a vocab file goes through a path of
+        # `tokenizers` that is deprecated (a DeprecationWarning on every load)
+        keep_files=(),
+        drop_files=(),
     ),
 }
 
@@ -510,6 +569,8 @@ def save(fam: Family, model: PreTrainedModel, processor: ProcessorMixin, scratch
     for key in NOISE_KEYS:
         config.pop(key, None)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for path in fam.out.iterdir():
+        path.chmod(0o644)  # save_pretrained writes model.safetensors as 0600
 
 
 def check_tokenizer(fam: Family, processor: ProcessorMixin) -> dict:
@@ -536,9 +597,14 @@ def check_tokenizer(fam: Family, processor: ProcessorMixin) -> dict:
             assert decoded == text, decoded
             assert tok.decode(tok("Ünïcode")["input_ids"], skip_special_tokens=True) == "Ünïcode"
             assert tok.unk_token_id not in tok("Ünïcode")["input_ids"]
-            default = processor(text=[text], images=load_fashion("test")[0][:1], return_tensors="pt", **fam.image_kwargs)
-            assert len(default["input_ids"][0]) == 64  # Siglip2Processor pads to 64 by default
-            assert default["spatial_shapes"].tolist() == [[4, 4]], default["spatial_shapes"]
+            image = load_fashion("test")[0][:1]
+            both = processor(text=[text], images=image, return_tensors="pt", **fam.image_kwargs)
+            assert len(both["input_ids"][0]) == 64  # Siglip2Processor pads to 64 by default
+            assert both["spatial_shapes"].tolist() == [[4, 4]], both["spatial_shapes"]
+            assert processor.image_processor(image, return_tensors="pt")["spatial_shapes"].tolist() == [[4, 4]]
+            shapes = processor(images=image, return_tensors="pt")["spatial_shapes"].tolist()
+            if shapes != [[4, 4]]:
+                print(f"  note: processor(images=...) without patch_size/max_num_patches gives {shapes} patches")
     else:
         enc = processor(text=[text, "an emoji of a red heart (smileys & emotion)"], padding=True)
         ids = enc["input_ids"][0]
@@ -580,7 +646,8 @@ CARD = """\
 # {name}
 
 A tiny `transformers.{model}` ({params:.2f} M parameters, stored in float16) with a tiny real
-{tok_kind} trained on the bundled text, for offline tests and examples of this plugin.
+{tok_kind}
+trained on the bundled text, for offline tests and examples of this plugin.
 It is a toy: it has only seen the few hundred images bundled in `data/`.
 
 | part | config |
@@ -594,14 +661,16 @@ It is a toy: it has only seen the few hundred images bundled in `data/`.
     python scripts/build_datasets.py          # data/fashion_mnist, data/emoji_captions
     python scripts/build_tiny_families.py --only {key}
 
-The tokenizer was trained first (seed-free and single-threaded, so deterministic) on the lower-cased
-emoji captions of `data/emoji_captions/*.jsonl` (train and test captions: the tokenizer learns their
-words, never which image they describe) and the 10 Fashion-MNIST class names in 5 prompt templates.
-Then random init (seed 0) and {steps} steps of {loss} on CPU (AdamW, one-cycle LR {lr:g}, batches
-of 10 Fashion-MNIST train images, one per class, captioned with templates like "a photo of a
-{{class}}.", plus 22 emoji train image-caption pairs; random flips and shifts of up to 3 px).
-Only `data/fashion_mnist/train` and `data/emoji_captions/train` images were trained on. Training
-stops early on purpose, so that finetuning still has room to improve the numbers below.
+The tokenizer was trained first (deterministically) on the lower-cased emoji captions of
+`data/emoji_captions/*.jsonl` (train and test captions: the tokenizer learns their words, never
+which image they describe) and the 10 Fashion-MNIST class names in 5 prompt templates.
+Then random init (seed 0) and {steps} steps of
+{loss}
+on CPU (one thread; AdamW, one-cycle LR {lr}, batches of 10 Fashion-MNIST train images, one per
+class, captioned with templates like "a photo of a {{class}}.", plus 22 emoji train image-caption
+pairs; random flips and shifts of up to 3 px). Only `data/fashion_mnist/train` and
+`data/emoji_captions/train` images were trained on. Training stops early on purpose, so that
+finetuning still has room to improve the numbers below.
 
 ## Numbers (weights as saved, float16 loaded as float32)
 
@@ -622,11 +691,10 @@ default, so without `dtype=torch.float32` you get a float16 model (poor for CPU 
 
 ## Licenses
 
-- The tokenizer was trained from scratch on the bundled captions by `scripts/build_tiny_families.py`.
-- Training data: Fashion-MNIST (MIT, Zalando SE) and Noto Emoji images (Apache-2.0, Google)
-  with emoji names from iamcal/emoji-data (MIT); see `data/LICENSES.md`.
-- The weights and the tokenizer were made by `scripts/build_tiny_families.py` and are released
-  under the same license as this repository.
+- Training data (for the weights and the tokenizer): Fashion-MNIST (MIT, Zalando SE) and Noto Emoji
+  images (Apache-2.0, Google) with emoji names from iamcal/emoji-data (MIT); see `data/LICENSES.md`.
+- The weights and the tokenizer were made from scratch by `scripts/build_tiny_families.py` (no
+  third-party vocabulary or weights) and are released under the same license as this repository.
 """
 
 VISION_ROW = "vision | {image}, patch 8, hidden 64, MLP 128, 2 layers, 2 heads"
@@ -649,7 +717,7 @@ CARDS = {
         "notes": "SigLIP's text feature is the hidden state at the last position, so texts must be padded\n"
         'to the full 64 tokens (`padding="max_length", max_length=64`), as SigLIP was trained; the\n'
         "tokenizer returns no `attention_mask` (as google/siglip-* do) and the model was trained without one.",
-        "loading": "    model = SiglipModel.from_pretrained(\"data/models/tiny-siglip\", dtype=torch.float32)\n"
+        "loading": '    model = SiglipModel.from_pretrained("data/models/tiny-siglip", dtype=torch.float32)\n'
         '    processor = AutoProcessor.from_pretrained("data/models/tiny-siglip")  # SiglipProcessor\n'
         '    inputs = processor(text=["a photo of a dog."], padding="max_length", max_length=64, return_tensors="pt")',
     },
@@ -674,7 +742,7 @@ CARDS = {
         "when calling the processor on images**: Siglip2Processor's built-in defaults (patch 16, 256 patches)\n"
         "override the image processor's saved values in transformers 5.6 (calling `processor.image_processor`\n"
         "directly uses the saved ones). Without them the patches are 768 wide and the model raises.",
-        "loading": "    model = Siglip2Model.from_pretrained(\"data/models/tiny-siglip2\", dtype=torch.float32)\n"
+        "loading": '    model = Siglip2Model.from_pretrained("data/models/tiny-siglip2", dtype=torch.float32)\n'
         '    processor = AutoProcessor.from_pretrained("data/models/tiny-siglip2")  # Siglip2Processor\n'
         '    inputs = processor(text=["a photo of a dog."], images=images, patch_size=8, max_num_patches=16,\n'
         '                       return_tensors="pt")  # input_ids, pixel_values, pixel_attention_mask, spatial_shapes',
@@ -694,25 +762,30 @@ CARDS = {
         ],
         "notes": "AutoProcessor gives a `CLIPProcessor` (transformers maps metaclip_2 to it). The tokenizer is\n"
         "rebuilt from `sentencepiece.bpe.model` on load (needs the `sentencepiece` and `protobuf` packages).",
-        "loading": "    model = MetaClip2Model.from_pretrained(\"data/models/tiny-metaclip2\", dtype=torch.float32)\n"
+        "loading": '    model = MetaClip2Model.from_pretrained("data/models/tiny-metaclip2", dtype=torch.float32)\n'
         '    processor = AutoProcessor.from_pretrained("data/models/tiny-metaclip2")  # CLIPProcessor\n'
         '    inputs = processor(text=["a photo of a dog."], images=images, padding=True, return_tensors="pt")',
     },
     "chinese_clip": {
         "model": "ChineseCLIPModel",
-        "tok_kind": "WordPiece tokenizer (`vocab.txt`, BertTokenizer)",
+        "tok_kind": "WordPiece tokenizer (`tokenizer.json`, BertTokenizer)",
         "rows": [
-            "text | BERT: vocab {vocab}, hidden 32, MLP 64, 2 layers, 2 heads, 64 positions, 2 token types; "
-            "feature: the `[CLS]` (first) token, no pooler layer",
+            "text | BERT: vocab {vocab}, hidden 32, MLP 64, 2 layers, 2 heads, 64 positions, 2 token types, "
+            "dropout 0.1; feature: the `[CLS]` (first) token, no pooler layer",
             VISION_ROW.format(image="32x32 images") + "; feature: the class token",
             "projection | 48 (text 32 -> 48, vision 64 -> 48), `logit_scale` init 2.6592",
-            "tokenizer | BertTokenizer from `vocab.txt` (WordPiece trained with `tokenizers`): `[PAD]`={pad}, "
+            "tokenizer | BertTokenizer from `tokenizer.json` (WordPiece: `tokenizers`' BERT normaliser and "
+            "pre-tokeniser, its trainer's merge rule with ties broken by text): `[PAD]`={pad}, "
             "`[UNK]`={unk}, `[CLS]`={cls}, `[SEP]`={sep}, `[MASK]`=4; lower-cases; returns `token_type_ids`",
             "image processor | ChineseCLIPImageProcessor: resize to 32x32 (no crop, bicubic), OpenAI mean/std",
         ],
         "notes": "The vocabulary is English only (the bundled captions are English); the tokenizer still splits\n"
-        "CJK characters like BERT's (they come out as `[UNK]`).",
-        "loading": "    model = ChineseCLIPModel.from_pretrained(\"data/models/tiny-chinese-clip\", dtype=torch.float32)\n"
+        "CJK characters like BERT's (they come out as `[UNK]`). The text tower's linear layers were initialised\n"
+        "N(0, 0.02) as BERT's before pre-training: transformers 5.6's ChineseCLIP init gives them std 1.0, from\n"
+        "which training collapses.",
+        "loading": "    model = ChineseCLIPModel.from_pretrained(\n"
+        '        "data/models/tiny-chinese-clip", dtype=torch.float32\n'
+        "    )\n"
         '    processor = AutoProcessor.from_pretrained("data/models/tiny-chinese-clip")  # ChineseCLIPProcessor\n'
         '    inputs = processor(text=["a photo of a dog."], images=images, padding=True, return_tensors="pt")',
     },
@@ -738,7 +811,7 @@ def write_card(fam: Family, model: PreTrainedModel, tok: dict, steps: int, lr: f
         loading=card["loading"],
         steps=steps,
         loss=fam.loss,
-        lr=lr,
+        lr=f"{lr:.0e}".replace("e-0", "e-"),
         **{k: f"{v:.1%}" for k, v in metrics.items()},
     )
     (fam.out / "README.md").write_text(text)
@@ -753,8 +826,11 @@ def build(fam: Family, steps: int, lr: float) -> dict:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         model, processor = fam.build(Path(tmp))
+        print(f"  tokenizer trained in {time.time() - start:.0f}s", flush=True)
         print("  before pretraining:", json.dumps(evaluate(fam, model, processor)), flush=True)
+        train_start = time.time()
         pretrain(fam, model, processor, steps, lr)
+        print(f"  pretraining took {time.time() - train_start:.0f}s", flush=True)
         save(fam, model, processor, Path(tmp))
     reloaded, reloaded_proc, tok = check_saved(fam)
     metrics = evaluate(fam, reloaded, reloaded_proc)
@@ -770,7 +846,7 @@ def build(fam: Family, steps: int, lr: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", default=",".join(FAMILIES), help=f"comma-separated subset of {','.join(FAMILIES)}")
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, help="pre-training steps (default: 1000, 1500 for chinese_clip)")
     ap.add_argument("--lr", type=float, default=2e-3)
     args = ap.parse_args()
     keys = [k.strip() for k in args.only.split(",") if k.strip()]
@@ -778,8 +854,12 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown families {unknown}; choose from {list(FAMILIES)}")
     torch.use_deterministic_algorithms(True)
+    # One thread: the same float results on any machine, and no slowdown (tens of times) when other
+    # processes compete for the cores.
+    torch.set_num_threads(1)
     for key in keys:
-        build(FAMILIES[key], args.steps, args.lr)
+        fam = FAMILIES[key]
+        build(fam, args.steps or fam.steps, args.lr)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ I2T = [
         ("clip_lora.yaml", [*I2T, "max_steps=3", "templates=null"]),
         ("wise_ft.yaml", [*CLASSIFICATION, "wise_ft_alphas=[0.0,1.0]"]),
         ("flyp.yaml", CLASSIFICATION),
+        ("coop.yaml", CLASSIFICATION),
         ("i2t_large_batch.yaml", ["max_samples=32", "per_device_train_batch_size=4"]),
     ],
 )
