@@ -66,6 +66,11 @@ def test_datasets_listed_are_the_ones_the_task_can_read(tmp_path):
         ("adapter", {"adapter_reduction": 4, "adapter_target": "vision"}, ["abs", "prompt_length"]),
         ("tip", {"tip_alpha": 1.0, "tip_finetune": False}, ["abs", "lora_rank"]),
         ("lora", {"lora_rank": 8, "lora_target": "q_proj,v_proj"}, ["abs", "tip_alpha"]),
+        (
+            "coop",
+            {"coop_ctx_init": "a photo of a", "coop_class_token_position": "end", "coop_kg_weight": 0.0},
+            ["coop_n_ctx", "abs", "lora_rank"],  # a blank context length: the phrase's
+        ),
     ],
 )
 def test_only_the_chosen_methods_options_reach_the_arguments(tmp_path, method, present, absent):

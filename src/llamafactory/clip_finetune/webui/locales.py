@@ -83,6 +83,15 @@ CLIP_LOCALES: dict[str, dict[str, dict[str, str]]] = {
     "clip_lora_alpha": _entry("LoRA alpha", "LoRA 缩放系数", "0: twice the rank.", "0 表示秩的两倍。"),
     "clip_lora_dropout": _entry("LoRA dropout", "LoRA Dropout"),
     "clip_lora_target": _entry("LoRA modules", "LoRA 作用模块"),
+    "clip_coop_n_ctx": _entry(
+        "Context length", "上下文长度", "Blank: 16, or the phrase's length.", "留空：16，或初始化短语的长度。"
+    ),
+    "clip_coop_ctx_init": _entry("Initial phrase", "初始化短语", "Blank: random context.", "留空：随机初始化。"),
+    "clip_coop_class_specific": _entry("One context per class (CSC)", "每类独立上下文（CSC）"),
+    "clip_coop_class_token_position": _entry("Class name position", "类别名位置"),
+    "clip_coop_kg_weight": _entry(
+        "KgCoOp weight", "KgCoOp 权重", "0: plain CoOp; the paper uses 8.", "0 为原始 CoOp；论文使用 8。"
+    ),
     "clip_train_batch_size": _entry("Train batch size", "训练批大小"),
     "clip_eval_batch_size": _entry("Eval batch size", "评估批大小"),
     "clip_learning_rate": _entry("Learning rate", "学习率"),

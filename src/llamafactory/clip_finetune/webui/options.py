@@ -62,14 +62,6 @@ COMMON = {
 }
 ABS_KEYS = ["abs", "abs_keep", "abs_warmup_epochs", "abs_top"]
 GROUPS = {
-    "full": ["abs"],
-    "bias": ["bias", "abs"],
-    "prompt": ["prompt"],
-    "adapter": ["adapter"],
-    "tip": ["tip"],
-    "lora": ["lora"],
-}
-GROUPS = {
     "abs": ABS_KEYS,
     "bias": ["bias_terms", "bias_terms_exclude"],
     "prompt": ["prompt_length", "prompt_deep", "prompt_dropout"],
@@ -85,6 +77,7 @@ GROUPS = {
         "tip_new_dataset",
     ],
     "lora": ["lora_rank", "lora_alpha", "lora_dropout", "lora_target"],
+    "coop": ["coop_n_ctx", "coop_ctx_init", "coop_class_specific", "coop_class_token_position", "coop_kg_weight"],
 }
 # method -> its option groups: its own group (when the form has one), and ABS's where ABS may run on top
 METHOD_GROUPS = {
@@ -92,7 +85,7 @@ METHOD_GROUPS = {
     for name, method in METHOD_REGISTRY.items()
 }
 # blank or 0 means the stage's default: field -> Number precision
-BLANK_NUMBERS = {"clip_abs_warmup_epochs": None, "clip_lora_alpha": 0}
+BLANK_NUMBERS = {"clip_abs_warmup_epochs": None, "clip_lora_alpha": 0, "clip_coop_n_ctx": 0}
 LIST_KEYS = {"bias_terms", "bias_terms_exclude"}  # comma-separated in the form, lists for the stage
 NUMBER_TEXT = ["clip_learning_rate", "clip_num_train_epochs"]  # free text in the form, numbers for the stage
 OTHER_FIELDS = ["clip_compute_type", "clip_extra_args"]
@@ -132,6 +125,11 @@ DEFAULTS: dict[str, Any] = {
     "clip_lora_alpha": None,  # blank: the stage's default (2 x rank)
     "clip_lora_dropout": 0.0,
     "clip_lora_target": "q_proj,v_proj",
+    "clip_coop_n_ctx": None,  # blank: the stage's default (16, or the phrase's length)
+    "clip_coop_ctx_init": "a photo of a",
+    "clip_coop_class_specific": False,
+    "clip_coop_class_token_position": "end",
+    "clip_coop_kg_weight": 0.0,
     "clip_train_batch_size": 32,
     "clip_eval_batch_size": 100,
     "clip_learning_rate": "2e-5",
@@ -151,6 +149,7 @@ CHOICES = {
     "clip_lr_scheduler_type": SCHEDULERS,
     "clip_compute_type": PRECISIONS,
     "clip_adapter_target": ADAPTER_TARGETS,
+    "clip_coop_class_token_position": choices(ClipFinetuningArguments, "coop_class_token_position"),
 }
 CHOICES.update({f: [True, False] for f, v in DEFAULTS.items() if isinstance(v, bool)})
 REQUIRED_TEXT = ["clip_model", "clip_output_dir"]
@@ -162,6 +161,7 @@ TEXT_FIELDS = REQUIRED_TEXT + [
     "clip_bias_terms",
     "clip_bias_terms_exclude",
     "clip_lora_target",
+    "clip_coop_ctx_init",
     "clip_extra_args",
 ]
 NUMBER_FIELDS = [f for f, v in DEFAULTS.items() if isinstance(v, (int, float)) and not isinstance(v, bool)] + list(

@@ -163,15 +163,18 @@ class TextTokenizer:
         rows = []
         for i, text in enumerate(texts):
             slots = ctx.slots(classes[i] if ctx.class_specific else 0)
-            name, end = (text[:-1], text[-1:]) if text.endswith(".") else (text, "")
-            name_ids = tok(name, add_special_tokens=False)["input_ids"]
-            end_ids = tok(end, add_special_tokens=False)["input_ids"] if end else []
-            half = ctx.n_ctx // 2
-            body = {
-                "end": slots + name_ids + end_ids,
-                "front": name_ids + slots + end_ids,
-                "middle": slots[:half] + name_ids + slots[half:] + end_ids,
-            }[ctx.position]
+            # the name tokenized as it reads in the prompt: after a word (a leading space: Gemma's SentencePiece adds
+            # none itself) unless it opens the prompt, with its period when the period follows it (end); CoOp's
+            # middle and front prompts end with the context, and the period is tokenized as following a word
+            if ctx.position == "end":
+                body = slots + tok(" " + text, add_special_tokens=False)["input_ids"]
+            else:
+                name, end = (text[:-1], text[-1:]) if text.endswith(".") else (text, "")
+                lead, half = ("" if ctx.position == "front" else " "), ctx.n_ctx // 2
+                name_ids = tok(lead + name, add_special_tokens=False)["input_ids"]
+                end_ids = self._continuation(end) if end else []
+                front = ctx.position == "front"
+                body = (name_ids + slots if front else slots[:half] + name_ids + slots[half:]) + end_ids
             rows.append(prefix + body[: length - len(prefix) - len(suffix)] + suffix)
         padding = "max_length" if self.family.text_padding is not None else "longest"
         tokens = tok.pad({"input_ids": rows}, padding=padding, max_length=length, return_tensors="pt")
@@ -180,6 +183,16 @@ class TextTokenizer:
             "input_ids": tokens["input_ids"],
             "attention_mask": torch.ones_like(tokens["input_ids"]) if mask is None else mask,
         }
+
+    def _continuation(self, piece: str) -> list[int]:
+        """The tokens of ``piece`` right after a word (a period after the context), not as a text of its own (which
+        a SentencePiece tokenizer would open with a word-start piece)."""
+        tok = self.tokenizer
+        word = tok("a", add_special_tokens=False)["input_ids"]
+        joined = tok("a" + piece, add_special_tokens=False)["input_ids"]
+        return (
+            joined[len(word) :] if joined[: len(word)] == word else tok(piece, add_special_tokens=False)["input_ids"]
+        )
 
     def for_model(self, clip: nn.Module) -> "TextTokenizer":
         """This tokenizer with the slots of the model's CoOp context, if it has one (trained now or reloaded)."""

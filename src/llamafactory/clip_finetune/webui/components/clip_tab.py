@@ -142,7 +142,7 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
                 name, value = f"clip_{key}", d[f"clip_{key}"]
                 if isinstance(value, bool):
                     elems[name] = gr.Checkbox(value=value, **_kw(name))
-                elif key == "adapter_target":
+                elif name in CHOICES:
                     elems[name] = gr.Dropdown(CHOICES[name], value=value, **_kw(name))
                 elif name in BLANK_NUMBERS:
                     elems[name] = gr.Number(value=value, precision=BLANK_NUMBERS[name], **_kw(name))
