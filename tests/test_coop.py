@@ -161,7 +161,8 @@ def test_class_specific_contexts_train(tmp_path):
 @pytest.mark.parametrize(
     "keys, message",
     [
-        ({"clip_task": "image_to_text"}, "coop learns the context of class prompts"),
+        ({"clip_task": "image_to_text", "coop_class_specific": True}, "has no classes: its context is one"),
+        ({"clip_task": "image_to_text", "coop_kg_weight": 8.0}, "coop_kg_weight pulls class features"),
         ({"coop_ctx_init": "a photo of a", "coop_class_specific": True}, "coop_ctx_init initializes one shared"),
         ({"coop_n_ctx": 0}, "coop_n_ctx must be at least 1"),
         ({"coop_kg_weight": -1.0}, "coop_kg_weight must be >= 0"),
@@ -187,3 +188,31 @@ def test_dassl_coop_keys_set_the_method_for_a_coop_trainer_only():
     vpt = translate({"TRAINER": {"NAME": "VPT", "COOP": {"N_CTX": 16, "N_PLN": 4}}})
     assert vpt.values["finetuning_type"] == "prompt" and "coop_n_ctx" not in vpt.values
     assert "TRAINER.NAME is CoOp" in vpt.unused["TRAINER.COOP.N_CTX"]
+
+
+@pytest.mark.slow
+def test_image_to_text_prepends_the_context_to_every_caption(tmp_path):
+    """For image_to_text the one context goes before each caption: initialized from "a photo of a", the run's
+    zero-step evaluation equals the stock model's on captions written as "a photo of a <caption>"; then it trains."""
+    keys = {"finetuning_type": "coop", "coop_ctx_init": "a photo of a", "max_steps": 1, "learning_rate": 0.0}
+    run_exp(i2t_args(tmp_path / "coop", **keys))
+    coop = read_json(tmp_path / "coop" / "all_results.json")
+    caption_file = tmp_path / "captions"
+    caption_file.mkdir()
+    import json
+
+    info = json.loads((DATA_DIR / "dataset_info.json").read_text())
+    for name in ("emoji_captions_train", "emoji_captions_test"):
+        attr = info[name]
+        rows = [json.loads(line) for line in (DATA_DIR / attr["file_name"]).read_text().splitlines()]
+        for row in rows:
+            row["captions"] = [f"a photo of a {c}" for c in row["captions"]]
+            row["image"] = str(DATA_DIR / "emoji_captions" / row["image"])
+        (caption_file / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        info[name] = {**attr, "file_name": f"{name}.jsonl"}
+    (caption_file / "dataset_info.json").write_text(json.dumps(info))
+    run_exp(i2t_args(tmp_path / "stock", dataset_dir=str(caption_file), do_train=False))
+    stock = read_json(tmp_path / "stock" / "all_results.json")
+    recalls = [k for k in stock if k.startswith(("eval_i2t_r", "eval_t2i_r"))]
+    assert len(recalls) == 6
+    assert {k: coop[k] for k in recalls} == pytest.approx({k: stock[k] for k in recalls})

@@ -88,14 +88,19 @@ class CaptionDataset(EpochSeeded, Dataset):
         self.seed = seed
         self.transform = transform
         self.train = train
-        flat = [caption for captions in samples.captions for caption in captions]
-        tokens = tokenizer(flat, max_length=max_length)  # a model.families.TextTokenizer
-        self.input_ids = tokens["input_ids"]
-        self.attention_mask = tokens["attention_mask"]
+        self.max_length = max_length
+        self.tokenize(tokenizer)
         counts = torch.tensor([len(captions) for captions in samples.captions])
         self.caption_image = torch.repeat_interleave(torch.arange(len(counts)), counts)
         self.caption_start = torch.cumsum(counts, 0) - counts
         self.caption_count = counts
+
+    def tokenize(self, tokenizer: Any) -> None:
+        """Every caption's tokens (a ``model.families.TextTokenizer``; again when a learned context needs slots)."""
+        flat = [caption for captions in self.samples.captions for caption in captions]
+        tokens = tokenizer(flat, max_length=self.max_length)
+        self.input_ids = tokens["input_ids"]
+        self.attention_mask = tokens["attention_mask"]
 
     def __len__(self) -> int:
         return len(self.samples.images)

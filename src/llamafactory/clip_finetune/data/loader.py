@@ -35,6 +35,12 @@ class ClipDatasets:
     spec: ImageSpec
     predict: Any | None = None
 
+    def tokenize_captions(self, tokenizer: Any) -> None:
+        """Tokenize every caption set again (a learned text context leaves its slots in them too)."""
+        for part in (self.train, self.eval, self.val, self.predict):
+            if hasattr(part, "tokenize"):
+                part.tokenize(tokenizer)
+
 
 def _merge(attrs: list[DatasetAttr], max_samples: int | None, seed: int) -> Any:
     parts = [read_samples(attr) for attr in attrs]

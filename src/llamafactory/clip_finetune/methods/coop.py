@@ -1,6 +1,7 @@
 """CoOp (Zhou et al., IJCV 2022) and KgCoOp (Yao et al., CVPR 2023): learned context vectors in the class prompts'
 token embeddings, the rest frozen; KgCoOp adds a pull toward the hand-crafted prompts' features (the task's
-``anchor_weight``). The context lives in PEFT (``peft_tuners.clip_coop``); the tokenizer leaves its slots."""
+``anchor_weight``). The context lives in PEFT (``peft_tuners.clip_coop``); the tokenizer leaves its slots. For
+image_to_text the one context is prepended to every caption."""
 
 from typing import TYPE_CHECKING, Any
 
@@ -38,11 +39,13 @@ class CoopMethod(PeftMethod):
     @classmethod
     def check(cls, args: tuple, task: Any) -> None:
         f = args[3]
-        if not task.has_classes:
+        if not task.has_classes and (f.coop_class_specific or f.coop_class_token_position != "end"):
             raise ValueError(
-                f"finetuning_type: coop learns the context of class prompts; {task.name} has no classes. "
-                "Use lora, clip_lora, adapter or prompt for image_to_text."
+                f"{task.name} has no classes: its context is one, prepended to every caption (remove "
+                "coop_class_specific and coop_class_token_position)."
             )
+        if not task.has_classes and f.coop_kg_weight:
+            raise ValueError("coop_kg_weight pulls class features toward hand-crafted prompts: classification only.")
         if f.coop_n_ctx is not None and f.coop_n_ctx < 1:
             raise ValueError(f"coop_n_ctx must be at least 1, got {f.coop_n_ctx}.")
         if f.coop_kg_weight < 0:
@@ -56,7 +59,7 @@ class CoopMethod(PeftMethod):
             raise ValueError("coop trains the context only (the towers stay frozen): remove freeze_text_tower.")
 
     def see_data(self, datasets: "ClipDatasets", tokenizer: TextTokenizer) -> None:
-        self.classes, self.tokenizer = len(datasets.classnames), tokenizer
+        self.classes, self.tokenizer = len(datasets.classnames or []), tokenizer
 
     def prepare(
         self, clip: nn.Module, finetuning_args: "ClipFinetuningArguments", training_args: "TrainingArguments"

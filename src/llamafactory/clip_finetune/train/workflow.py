@@ -48,7 +48,9 @@ def run_clip(
         clip = method.prepare(clip, finetuning_args, training_args)
     else:  # evaluate or predict the checkpoint as it is (a method would add untrained layers)
         clip.requires_grad_(False)
-    tokenizer = tokenizer.for_model(clip)  # a CoOp context (trained now or reloaded) leaves slots in class prompts
+    tokenizer = tokenizer.for_model(clip)  # a CoOp context (trained now or reloaded) leaves slots in the prompts
+    if tokenizer.context is not None:
+        datasets.tokenize_captions(tokenizer)
     task = task_class.build(datasets, tokenizer, clip, finetuning_args)
     model = ClipTaskModel(clip, task, datasets.spec, model_args.interpolate_pos_encoding)
     log_trainable(model)
