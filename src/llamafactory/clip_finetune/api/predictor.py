@@ -3,6 +3,7 @@
 import base64
 import binascii
 import dataclasses
+import os
 from typing import Any
 
 import torch
@@ -15,6 +16,8 @@ from ..data.readers import read_samples
 from ..data.templates import DEFAULT_TEMPLATES
 from ..data.transforms import ImageSpec
 from ..hparams import ClipDataArguments, ClipModelArguments
+from ..hparams.model_args import is_adapter_dir
+from ..methods.tip.cache import CACHE_FILE, TipCache, read_tensors
 from ..model import ClipTaskModel, TextTokenizer, load_clip
 from ..tasks import ClassificationTask
 
@@ -39,6 +42,22 @@ def parse_api_args(args: dict[str, Any]) -> tuple[ClipModelArguments, ClipDataAr
     return HfArgumentParser((ClipModelArguments, ClipDataArguments)).parse_dict(args)
 
 
+def tip_run(path: str) -> dict[str, Any] | None:
+    """A Tip-Adapter run's output dir (its cache file and no checkpoint of its own): the base checkpoint its cache
+    names, the cache as a head with the alpha and beta it was saved with, and its classes."""
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, "config.json")) or is_adapter_dir(path):
+        return None
+    saved = read_tensors(path, CACHE_FILE)
+    if saved is None:
+        return None
+    tensors, header = saved
+    missing = [key for key in ("checkpoint", "alpha", "beta") if key not in header]
+    if missing or "keys" not in tensors or "values" not in tensors:
+        raise ValueError(f"{path}/{CACHE_FILE} is not a finished Tip-Adapter run's cache (no {missing or 'tensors'}).")
+    cache = TipCache(tensors["keys"], tensors["values"], header["alpha"], header["beta"], learnable=False)
+    return {"checkpoint": header["checkpoint"], "cache": cache, "classnames": header.get("classnames") or []}
+
+
 class ClipPredictor:
     """The run as the stage evaluates it: a ``ClipTaskModel`` (on-device normalization, the run's image size and
     position-embedding interpolation) and class features by ``ClassificationTask``'s prompt ensemble."""
@@ -46,19 +65,33 @@ class ClipPredictor:
     def __init__(self, model_args: ClipModelArguments, data_args: ClipDataArguments, device: str | None = None):
         self.name = model_args.model_name_or_path
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        tip = tip_run(model_args.model_name_or_path)
+        if tip is not None:  # a Tip-Adapter run: its base checkpoint, with the saved cache as the head
+            model_args = dataclasses.replace(model_args, model_name_or_path=tip["checkpoint"])
         clip, self.processor = load_clip(model_args)
         spec = ImageSpec.from_processor(self.processor.image_processor, data_args)
         self.transform = spec.eval_transform()
         # no task: the server calls the model's feature methods, never its training forward
         self.model = ClipTaskModel(clip, nn.Identity(), spec, model_args.interpolate_pos_encoding)
         self.tokenizer = TextTokenizer(self.processor.tokenizer, self.model.family).for_model(clip)
-        self.model.to(self.device).eval()
         self.templates = data_args.templates or DEFAULT_TEMPLATES
         self.classnames: list[str] | None = None
         if data_args.dataset:  # its class names and templates, as a run on it uses them
             attrs = get_dataset_attrs(data_args.dataset.split(","), data_args.dataset_dir, "classification")
             self.classnames = read_samples(attrs[0]).classnames
             self.templates = dataset_templates(data_args, attrs)
+        self.query_head: nn.Module | None = None  # an image_to_text Tip cache: image embeddings are its queries
+        if tip is not None and not tip["classnames"]:
+            self.query_head = tip["cache"].to(self.device)
+        elif tip is not None:
+            self.model.head = tip["cache"]
+            if self.classnames not in (None, tip["classnames"]):
+                raise ValueError(
+                    f"{self.name}: the Tip-Adapter cache holds classes {tip['classnames']}, but `dataset` has "
+                    f"{self.classnames}. Serve it with the dataset it was built on (or without `dataset`)."
+                )
+            self.classnames = tip["classnames"]
+        self.model.to(self.device).eval()
         self._class_features = self.text_features_for(self.classnames) if self.classnames else None
 
     @torch.no_grad()
@@ -72,7 +105,10 @@ class ClipPredictor:
                 pixels.append(self.transform({"bytes": self._bytes(image, i)}, f"image {i}"))
             except (OSError, ValueError) as err:  # not an image Pillow reads
                 raise BadRequest(str(err) if isinstance(err, BadRequest) else f"image {i}: {err}") from None
-        return self.model.image_features(torch.stack(pixels).to(self.device))
+        features = self.model.image_features(torch.stack(pixels).to(self.device))
+        if self.query_head is not None:  # as ImageToTextTask.query: toward the captions of similar cached images
+            features = nn.functional.normalize(features + self.query_head(features), dim=-1)
+        return features
 
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> torch.Tensor:
@@ -87,13 +123,16 @@ class ClipPredictor:
 
     @torch.no_grad()
     def classify(self, images: list[str], labels: list[str] | None, top_k: int) -> list[list[dict[str, Any]]]:
+        if labels and self.model.head is not None and labels != self.classnames:
+            raise BadRequest("This Tip-Adapter run scores the classes of its cache: omit `labels`.")
         if labels:
             weights, names = self.text_features_for(labels), labels
         elif self._class_features is not None:
             weights, names = self._class_features, self.classnames
         else:
             raise BadRequest("Give `labels`: this server was started without a `dataset` to read class names from.")
-        logits = self.model.logits(self.image_features(images), weights)
+        # the family's scores, plus a Tip-Adapter cache's (ClassificationTask.logits adds the model's head)
+        logits = ClassificationTask.logits(self.model, self.image_features(images), weights)
         # SigLIP scores each label on its own (sigmoid), as it was trained; CLIP-like families over the labels
         probs = logits.sigmoid() if self.model.family.loss == "sigmoid" else logits.softmax(-1)
         top = probs.topk(min(top_k, len(names)), dim=-1)
