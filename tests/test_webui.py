@@ -379,3 +379,42 @@ def test_the_checkpoint_list_offers_every_familys_short_name(tmp_path):
         args = build_args(form(tmp_path, clip_model=name))
         assert args["model_name_or_path"] == name
         assert ClipModelArguments(model_name_or_path=args["model_name_or_path"]).model_name_or_path == hub
+
+
+@pytest.mark.slow
+def test_try_it_scores_images_with_a_finished_run_as_its_predictions_do(tmp_path):
+    """The "Try it" panel loads a finished run once (its arguments file says its dataset) and gives each image the
+    classes and scores the run's own predictions give; bad inputs get a message, not an error."""
+    import yaml
+    from conftest import base_args
+    from llamafactory.train.tuner import run_exp
+
+    from llamafactory.clip_finetune.webui import try_it
+
+    run = tmp_path / "saves" / "tiny" / "run"
+    run_exp(base_args(run, do_predict=True, predict_dataset="fashion_mnist_test"))
+    (run / "training_args.yaml").write_text(
+        yaml.safe_dump({"clip_task": "classification", "dataset": "fashion_mnist_train", "dataset_dir": str(DATA_DIR)})
+    )
+    assert try_it.finished_runs(str(tmp_path / "saves")) == [str(run)]
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()][:3]
+    scores, table = try_it.try_run(str(run), [r["image"] for r in rows], "", "en")
+    expected = {t["class"]: t["score"] for t in rows[0]["top_k"][:5]}
+    assert scores.keys() == expected.keys() and list(scores.values()) == pytest.approx(
+        list(expected.values()), abs=1e-5
+    )
+    assert table.count("\n") == 4 and rows[2]["top_k"][0]["class"] in table.splitlines()[-1]
+    loaded = try_it._loaded[str(run)][0]
+    try_it.try_run(str(run), [rows[0]["image"]], "", "en")
+    assert try_it._loaded[str(run)][0] is loaded  # loaded once, kept
+
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    scores, message = try_it.try_run(str(run), [str(text)], "", "en")
+    assert scores is None and "image 0" in message and "Cannot read image" in message
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.truncate(21 * 2**20)
+    assert try_it.try_run(str(run), [str(big)], "", "en") == (None, "big.png is larger than 20 MiB.")
+    assert try_it.try_run(str(run), [], "", "en") == (None, "Upload one or more images.")
+    assert "holds no finished run" in try_it.try_run(str(tmp_path), [str(text)], "", "en")[1]

@@ -156,6 +156,25 @@ def test_clip_tab_trains_shows_progress_metrics_and_switches_language(webui, pag
     page.get_by_role("option", name="en", exact=True).click()
     expect(page.locator("#clip_start_btn")).to_have_text("Start")
 
+    # "Try it": the finished run scores an uploaded image; a file that is not an image gets a message
+    page.locator("#clip_try").get_by_text("Try it", exact=True).click()
+    run_box = page.locator("#clip_try_run input").first
+    run_box.fill(str(output_dir))
+    run_box.press("Enter")
+    image = sorted((DATA_DIR / "fashion_mnist" / "test" / "bag").glob("*.png"))[0]
+    page.locator("#clip_try_images input[type=file]").set_input_files(str(image))
+    page.locator("#clip_try_btn").click()
+    expect(page.locator("#clip_try_output")).to_contain_text(f"{image.name} |", timeout=120_000)
+    classes = re.compile(
+        "|".join(re.escape(c) for c in (DATA_DIR / "fashion_mnist" / "classnames.txt").read_text().split("\n") if c)
+    )
+    expect(page.locator("#clip_try_label")).to_contain_text(classes)
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    page.locator("#clip_try_images input[type=file]").set_input_files(str(bad))
+    page.locator("#clip_try_btn").click()
+    expect(page.locator("#clip_try_output")).to_contain_text("Cannot read image")
+
     shot = tmp_path / "clip_tab.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000

@@ -117,6 +117,20 @@ CLIP_LOCALES: dict[str, dict[str, dict[str, str]]] = {
     "clip_stop_btn": _value("Abort", "中断"),
     "clip_progress": _entry("Progress", "进度"),
     "clip_loss": _entry("Loss", "损失"),
+    "clip_try": _entry("Try it", "试用"),
+    "clip_try_run": _entry(
+        "Finished run",
+        "已完成的训练",
+        "A run's output dir (listed from saves/, or typed).",
+        "训练输出目录（列自 saves/，或手动输入）。",
+    ),
+    "clip_try_images": _entry("Images", "图片"),
+    "clip_try_captions": _entry(
+        "Captions", "描述文本", "image_to_text runs: one caption per line.", "图文检索任务：每行一条描述。"
+    ),
+    "clip_try_btn": _value("Run", "运行"),
+    "clip_try_label": _entry("Top classes (first image)", "前几类（第一张图）"),
+    "clip_try_output": _entry("Results", "结果"),
 }
 
 ALERTS: dict[str, dict[str, str]] = {
@@ -154,6 +168,14 @@ ALERTS: dict[str, dict[str, str]] = {
     "loaded_args": {"en": "Arguments loaded from `{}`.", "zh": "已从 `{}` 载入参数。"},
     "no_args_file": {"en": "Arguments file `{}` does not exist.", "zh": "参数文件 `{}` 不存在。"},
     "metrics": {"en": "Evaluation", "zh": "评估结果"},
+    "try_no_run": {
+        "en": "`{}` holds no finished run (no all_results.json): pick one from the list or train one first.",
+        "zh": "`{}` 中没有已完成的训练（缺少 all_results.json）：请从列表中选择或先训练。",
+    },
+    "try_bad_run": {"en": "Cannot load the run `{}`: {}", "zh": "无法载入训练 `{}`：{}"},
+    "try_no_images": {"en": "Upload one or more images.", "zh": "请上传一张或多张图片。"},
+    "try_too_large": {"en": "{} is larger than {} MiB.", "zh": "{} 大于 {} MiB。"},
+    "try_no_captions": {"en": "Type captions, one per line.", "zh": "请输入描述文本，每行一条。"},
 }
 
 

@@ -34,6 +34,7 @@ from ..options import (
     validate,
 )
 from ..runner import ClipRunner, Status
+from ..try_it import TOP_K, finished_runs, try_run
 
 
 if TYPE_CHECKING:
@@ -189,6 +190,19 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
             elems["clip_loss"] = gr.LinePlot(
                 pd.DataFrame(columns=["step", "loss"]), x="step", y="loss", **_kw("clip_loss")
             )
+    with gr.Accordion(open=False, **_kw("clip_try")) as elems["clip_try"]:
+        with gr.Row():
+            elems["clip_try_run"] = gr.Dropdown(
+                finished_runs(), value=None, allow_custom_value=True, scale=2, **_kw("clip_try_run")
+            )
+            elems["clip_try_images"] = gr.File(
+                file_count="multiple", file_types=["image"], scale=2, **_kw("clip_try_images")
+            )
+            elems["clip_try_captions"] = gr.Textbox(lines=3, scale=2, **_kw("clip_try_captions"))
+        elems["clip_try_btn"] = gr.Button(**_kw("clip_try_btn"))
+        with gr.Row():
+            elems["clip_try_label"] = gr.Label(num_top_classes=TOP_K, **_kw("clip_try_label"))
+            elems["clip_try_output"] = gr.Markdown(**_kw("clip_try_output"))
     form = [elems[name] for name in FIELDS]
     outputs = [elems["clip_output"], elems["clip_progress"], elems["clip_loss"], elems["clip_metrics"]]
 
@@ -238,6 +252,10 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
             updates.append(gr.update(**update))
         return [alert("loaded_args", language, name)] + updates
 
+    def on_try(language: str, run_dir: str, files: list[str] | None, captions: str):
+        scores, table = try_run(run_dir, files or [], captions, language)
+        return gr.update(value=scores), table
+
     def on_method(method: str):
         return [gr.update(visible=group in METHOD_GROUPS[method]) for group in GROUPS]
 
@@ -257,6 +275,12 @@ def create_clip_tab(engine: Any) -> dict[str, "Component"]:
         [elems["clip_gallery"], elems["clip_output"]],
     )
     elems["clip_preview_btn"].click(on_preview, [lang] + form, elems["clip_output"])
+    elems["clip_try_run"].focus(lambda: gr.update(choices=finished_runs()), None, elems["clip_try_run"], queue=False)
+    elems["clip_try_btn"].click(
+        on_try,
+        [lang, elems["clip_try_run"], elems["clip_try_images"], elems["clip_try_captions"]],
+        [elems["clip_try_label"], elems["clip_try_output"]],
+    )
     elems["clip_load_btn"].click(on_load, [lang, elems["clip_config_path"]], [elems["clip_output"]] + form)
     if not engine.demo_mode:  # like LLaMA Board: a demo Space shows the tab but runs and writes nothing
         elems["clip_save_btn"].click(on_save, [lang, elems["clip_config_path"]] + form, elems["clip_output"])
