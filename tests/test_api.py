@@ -69,8 +69,14 @@ def test_a_tip_adapter_run_is_served_with_its_cache(tmp_path, client):
     run = tmp_path / "tip"
     run_exp(
         base_args(
-            run, finetuning_type="tip", val_dataset="fashion_mnist_val", tip_augment_epoch=1, tip_alpha=5.0,
-            tip_beta=2.0, do_predict=True, predict_dataset="fashion_mnist_test",
+            run,
+            finetuning_type="tip",
+            val_dataset="fashion_mnist_val",
+            tip_augment_epoch=1,
+            tip_alpha=5.0,
+            tip_beta=2.0,
+            do_predict=True,
+            predict_dataset="fashion_mnist_test",
         )
     )
     assert not (run / "config.json").exists() and (run / "tip_cache.safetensors").is_file()

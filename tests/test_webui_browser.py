@@ -164,7 +164,7 @@ def test_clip_tab_trains_shows_progress_metrics_and_switches_language(webui, pag
     image = sorted((DATA_DIR / "fashion_mnist" / "test" / "bag").glob("*.png"))[0]
     page.locator("#clip_try_images input[type=file]").set_input_files(str(image))
     page.locator("#clip_try_btn").click()
-    expect(page.locator("#clip_try_output")).to_contain_text(f"{image.name} |", timeout=120_000)
+    expect(page.locator("#clip_try_output")).to_contain_text(image.name, timeout=120_000)  # the table of images
     classes = re.compile(
         "|".join(re.escape(c) for c in (DATA_DIR / "fashion_mnist" / "classnames.txt").read_text().split("\n") if c)
     )

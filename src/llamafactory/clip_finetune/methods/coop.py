@@ -58,6 +58,11 @@ class CoopMethod(PeftMethod):
         if f.freeze_text_tower is False:
             raise ValueError("coop trains the context only (the towers stay frozen): remove freeze_text_tower.")
 
+    @classmethod
+    def defaults(cls, finetuning_args: "ClipFinetuningArguments") -> None:
+        if finetuning_args.freeze_text_tower is None:
+            finetuning_args.freeze_text_tower = True  # the text tower stays frozen for both tasks: the context adapts
+
     def see_data(self, datasets: "ClipDatasets", tokenizer: TextTokenizer) -> None:
         self.classes, self.tokenizer = len(datasets.classnames or []), tokenizer
 
