@@ -104,6 +104,40 @@ def test_bad_uploads_get_a_message(client):
     assert client.post("/v1/classify", json={"images": []}).status_code == 400
 
 
+def test_health_api_key_image_url_items_and_the_pixel_limit(monkeypatch):
+    """``/health`` answers without a key; with LLaMA-Factory's ``API_KEY`` set, the other endpoints need it as a
+    bearer token; OpenAI-style ``image_url`` items (data URLs) embed like the ``images`` extension; an image whose
+    header declares more pixels than allowed is refused before it is decoded."""
+    import llamafactory.clip_finetune.api.predictor as predictor_module
+
+    monkeypatch.setenv("API_KEY", "secret")
+    predictor = ClipPredictor(*parse_api_args({**SERVED, "dataset_dir": str(DATA_DIR)}), device="cpu")
+    keyed = TestClient(create_app(predictor))
+    assert keyed.get("/health").json() == {"status": "ok"}
+    assert keyed.get("/v1/models").status_code == 401
+    assert keyed.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    auth = {"Authorization": "Bearer secret"}
+    assert keyed.get("/v1/models", headers=auth).status_code == 200
+
+    image = sorted((DATA_DIR / "fashion_mnist" / "test" / "bag").glob("*.png"))[0]
+    url = "data:image/png;base64," + encoded(image)
+    items = keyed.post(
+        "/v1/embeddings", headers=auth, json={"input": [{"type": "image_url", "image_url": {"url": url}}]}
+    )
+    extension = keyed.post("/v1/embeddings", headers=auth, json={"input": "", "images": [encoded(image)]})
+    assert items.status_code == 200
+    assert items.json()["data"][0]["embedding"] == pytest.approx(extension.json()["data"][0]["embedding"])
+    remote = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    reply = keyed.post("/v1/embeddings", headers=auth, json={"input": ["a bag", remote]})
+    assert reply.status_code == 400 and "not both in one request" in reply.json()["detail"]
+    reply = keyed.post("/v1/embeddings", headers=auth, json={"input": [remote]})
+    assert reply.status_code == 400 and "input 0: only data URLs" in reply.json()["detail"]
+
+    monkeypatch.setattr(predictor_module, "MAX_IMAGE_PIXELS", 100)  # the bundled images are 28 x 28
+    reply = keyed.post("/v1/classify", headers=auth, json={"images": [encoded(image)]})
+    assert reply.status_code == 400 and "image 0: 28x28 pixels, more than the 100 allowed" in reply.json()["detail"]
+
+
 def test_the_api_config_is_checked():
     with pytest.raises(ValueError, match="Unknown key"):
         parse_api_args({**SERVED, "learning_rate": 1.0})

@@ -71,7 +71,11 @@ def test_compose_reserves_gpus_with_host_ipc_and_ports():
     devices = service["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] and d["count"] == "all" for d in devices)
     assert service["ipc"] == "host"
-    assert {str(p).split(":")[-1] for p in service["ports"]} == {"7860", "8000"}
+    assert {str(p).split(":")[-1] for p in service["ports"]} == {"7860"}
+    api = compose["services"]["api"]  # a mounted run served on 8000, on demand
+    assert api["image"] == service["image"] and api["profiles"] == ["api"]
+    assert {str(p).split(":")[-1] for p in api["ports"]} == {"8000"}
+    assert api["command"].startswith("llamafactory-cli api examples/clip/api.yaml model_name_or_path=")
     assert {v.rsplit(":", 1)[1] for v in service["volumes"]} == {"/app/hf_cache", "/app/data", "/app/saves"}
     assert service["environment"]["HF_HOME"] == "/app/hf_cache"
     # the compose default base image is the Dockerfile's

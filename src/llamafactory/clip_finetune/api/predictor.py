@@ -3,10 +3,12 @@
 import base64
 import binascii
 import dataclasses
+import io
 import os
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 from transformers import HfArgumentParser
 
@@ -22,7 +24,10 @@ from ..model import ClipTaskModel, TextTokenizer, load_clip
 from ..tasks import ClassificationTask
 
 
-MAX_IMAGE_BYTES = 20 * 2**20  # a request's image, decoded as it is sent (base64 text is 4/3 of this)
+# a request's image: its file size as sent (base64 text is 4/3 of it) and its pixel count, read from the header
+# before decoding (a small file can decode to a huge image); both configurable through the environment
+MAX_IMAGE_BYTES = int(float(os.getenv("CLIP_API_MAX_IMAGE_MB", "20")) * 2**20)
+MAX_IMAGE_PIXELS = int(os.getenv("CLIP_API_MAX_IMAGE_PIXELS", str(40_000_000)))
 
 
 class BadRequest(ValueError):
@@ -151,4 +156,11 @@ class ClipPredictor:
             raise BadRequest(f"image {index}: not valid base64.") from None
         if len(data) > MAX_IMAGE_BYTES:
             raise BadRequest(f"image {index}: {len(data)} bytes, more than the {MAX_IMAGE_BYTES} allowed.")
+        try:
+            with Image.open(io.BytesIO(data)) as img:  # the header only: nothing is decoded here
+                width, height = img.size
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise BadRequest(f"image {index}: not an image Pillow reads ({err}).") from None
+        if width * height > MAX_IMAGE_PIXELS:
+            raise BadRequest(f"image {index}: {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS} allowed.")
         return data
