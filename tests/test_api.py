@@ -175,6 +175,60 @@ def test_llamafactory_cli_api_serves_a_clip_config(tmp_path):
                 time.sleep(1)
         assert models is not None, server.stdout.read() if server.poll() is not None else "no answer"
         assert models["data"][0]["id"] == str(TINY_CLIP)
+        load_test(f"http://127.0.0.1:{port}/v1/classify", tmp_path)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def load_test(url: str, folder, clients: int = 8, requests: int = 50) -> None:
+    """A bounded load test on the live server: ``clients`` threads send ``requests`` one-image classifications
+    each; no error, and the latency percentiles and throughput go to ``folder/load_test.json`` (docs/serving.md
+    reports them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = sorted((DATA_DIR / "fashion_mnist" / "test").glob("*/*.png"))[: clients * 2]
+    bodies = [json.dumps({"images": [encoded(image)], "top_k": 1}).encode() for image in images]
+
+    def client(index: int) -> list[float]:
+        times = []
+        for n in range(requests):
+            start = time.perf_counter()
+            post = urllib.request.Request(url, data=bodies[(index + n) % len(bodies)], method="POST")
+            post.add_header("Content-Type", "application/json")
+            with urllib.request.urlopen(post, timeout=60) as reply:
+                assert reply.status == 200 and json.load(reply)["data"][0]["top_k"]
+            times.append(time.perf_counter() - start)
+        return times
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        latencies = sorted(t for times in pool.map(client, range(clients)) for t in times)
+    wall = time.perf_counter() - start
+    stats = {
+        "requests": len(latencies),
+        "clients": clients,
+        "p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
+        "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1),
+        "requests_per_s": round(len(latencies) / wall, 1),
+    }
+    (folder / "load_test.json").write_text(json.dumps(stats))
+    print("load test:", stats)
+    assert stats["requests"] == clients * requests
+
+
+def test_concurrent_requests_share_forward_passes_and_get_their_own_rows():
+    """Eight threads asking at once are served in fewer forward passes than requests, each with the features it
+    would get alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    predictor = ClipPredictor(*parse_api_args({**SERVED, "dataset_dir": str(DATA_DIR)}), device="cpu")
+    images = [encoded(path) for path in sorted((DATA_DIR / "fashion_mnist" / "test").glob("*/*.png"))[:8]]
+    alone = [predictor.image_features([image]) for image in images]
+    predictor.batcher.wait = 0.2  # a wide window, so that the threads' requests meet
+    before = predictor.batcher.batches
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda image: predictor.image_features([image]), images))
+    assert predictor.batcher.batches - before < len(images)
+    for one, shared in zip(alone, together, strict=True):
+        assert torch.allclose(one, shared, atol=1e-5)

@@ -22,6 +22,7 @@ from ..hparams.model_args import is_adapter_dir
 from ..methods.tip.cache import CACHE_FILE, TipCache, read_tensors
 from ..model import ClipTaskModel, TextTokenizer, load_clip
 from ..tasks import ClassificationTask
+from .batching import MicroBatcher
 
 
 # a request's image: its file size as sent (base64 text is 4/3 of it) and its pixel count, read from the header
@@ -97,6 +98,7 @@ class ClipPredictor:
                 )
             self.classnames = tip["classnames"]
         self.model.to(self.device).eval()
+        self.batcher = MicroBatcher(lambda pixels: self.model.image_features(pixels.to(self.device)))
         self._class_features = self.text_features_for(self.classnames) if self.classnames else None
 
     @torch.no_grad()
@@ -110,7 +112,7 @@ class ClipPredictor:
                 pixels.append(self.transform({"bytes": self._bytes(image, i)}, f"image {i}"))
             except (OSError, ValueError) as err:  # not an image Pillow reads
                 raise BadRequest(str(err) if isinstance(err, BadRequest) else f"image {i}: {err}") from None
-        features = self.model.image_features(torch.stack(pixels).to(self.device))
+        features = self.batcher(torch.stack(pixels))  # with other requests' images, in one forward pass
         if self.query_head is not None:  # as ImageToTextTask.query: toward the captions of similar cached images
             features = nn.functional.normalize(features + self.query_head(features), dim=-1)
         return features
