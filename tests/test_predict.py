@@ -81,3 +81,31 @@ def test_the_predict_example_runs_from_the_cli(tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert len(rows(tmp_path)) == 200 and len(rows(tmp_path)[0]["top_k"]) == 5
     assert "predict_accuracy" in read_json(tmp_path / "all_results.json")
+
+
+@pytest.mark.slow
+def test_a_tip_adapter_run_reloads_from_its_output_dir_for_evaluation_and_prediction(tmp_path):
+    """A Tip-Adapter run saves a cache, not a checkpoint: `model_name_or_path: <its output dir>` evaluates and
+    predicts with the checkpoint its cache names and the cache as the head, as the run itself did; training from it
+    is refused with the way out."""
+    run = tmp_path / "tip"
+    keys = {"finetuning_type": "tip", "val_dataset": "fashion_mnist_val", "tip_augment_epoch": 1, "tip_alpha": 5.0}
+    run_exp(base_args(run, do_predict=True, predict_dataset="fashion_mnist_test", **keys))
+    again = tmp_path / "again"
+    run_exp(
+        base_args(
+            again,
+            model_name_or_path=str(run),
+            do_train=False,
+            dataset=None,
+            num_shots=None,
+            do_predict=True,
+            predict_dataset="fashion_mnist_test",
+        )
+    )
+    assert read_json(again / "all_results.json")["eval_accuracy"] == pytest.approx(
+        read_json(run / "all_results.json")["eval_accuracy"]
+    )
+    assert (again / "predictions.jsonl").read_text() == (run / "predictions.jsonl").read_text()
+    with pytest.raises(ValueError, match="is a saved tip run .* train from"):
+        run_exp(base_args(tmp_path / "train", model_name_or_path=str(run)))

@@ -18,8 +18,7 @@ from ..data.readers import read_samples
 from ..data.templates import DEFAULT_TEMPLATES
 from ..data.transforms import ImageSpec
 from ..hparams import ClipDataArguments, ClipModelArguments
-from ..hparams.model_args import is_adapter_dir
-from ..methods.tip.cache import CACHE_FILE, TipCache, read_tensors
+from ..methods import saved_run
 from ..model import ClipTaskModel, TextTokenizer, load_clip
 from ..tasks import ClassificationTask
 from .batching import MicroBatcher
@@ -48,22 +47,6 @@ def parse_api_args(args: dict[str, Any]) -> tuple[ClipModelArguments, ClipDataAr
     return HfArgumentParser((ClipModelArguments, ClipDataArguments)).parse_dict(args)
 
 
-def tip_run(path: str) -> dict[str, Any] | None:
-    """A Tip-Adapter run's output dir (its cache file and no checkpoint of its own): the base checkpoint its cache
-    names, the cache as a head with the alpha and beta it was saved with, and its classes."""
-    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, "config.json")) or is_adapter_dir(path):
-        return None
-    saved = read_tensors(path, CACHE_FILE)
-    if saved is None:
-        return None
-    tensors, header = saved
-    missing = [key for key in ("checkpoint", "alpha", "beta") if key not in header]
-    if missing or "keys" not in tensors or "values" not in tensors:
-        raise ValueError(f"{path}/{CACHE_FILE} is not a finished Tip-Adapter run's cache (no {missing or 'tensors'}).")
-    cache = TipCache(tensors["keys"], tensors["values"], header["alpha"], header["beta"], learnable=False)
-    return {"checkpoint": header["checkpoint"], "cache": cache, "classnames": header.get("classnames") or []}
-
-
 class ClipPredictor:
     """The run as the stage evaluates it: a ``ClipTaskModel`` (on-device normalization, the run's image size and
     position-embedding interpolation) and class features by ``ClassificationTask``'s prompt ensemble."""
@@ -71,7 +54,7 @@ class ClipPredictor:
     def __init__(self, model_args: ClipModelArguments, data_args: ClipDataArguments, device: str | None = None):
         self.name = model_args.model_name_or_path
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        tip = tip_run(model_args.model_name_or_path)
+        tip = saved_run(model_args.model_name_or_path)
         if tip is not None:  # a Tip-Adapter run: its base checkpoint, with the saved cache as the head
             model_args = dataclasses.replace(model_args, model_name_or_path=tip["checkpoint"])
         clip, self.processor = load_clip(model_args)
@@ -88,9 +71,9 @@ class ClipPredictor:
             self.templates = dataset_templates(data_args, attrs)
         self.query_head: nn.Module | None = None  # an image_to_text Tip cache: image embeddings are its queries
         if tip is not None and not tip["classnames"]:
-            self.query_head = tip["cache"].to(self.device)
+            self.query_head = tip["head"].to(self.device)
         elif tip is not None:
-            self.model.head = tip["cache"]
+            self.model.head = tip["head"]
             if self.classnames not in (None, tip["classnames"]):
                 raise ValueError(
                     f"{self.name}: the Tip-Adapter cache holds classes {tip['classnames']}, but `dataset` has "

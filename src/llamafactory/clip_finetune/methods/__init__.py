@@ -33,6 +33,11 @@ def get_method(finetuning_type: str) -> type[Method]:
     return METHODS[finetuning_type]
 
 
+def saved_run(path: str) -> dict | None:
+    """The run saved at ``path`` as a head over a checkpoint, by whichever method saved it (None: a checkpoint)."""
+    return next((run for method in METHODS.values() if (run := method.saved_run(path)) is not None), None)
+
+
 def _having(flag: str) -> list[str]:
     """The registered methods with ``flag`` set, by name."""
     return sorted(name for name, method in METHODS.items() if getattr(method, flag))

@@ -114,6 +114,12 @@ class Method:
         """Argument checks and stage defaults of this method, run while parsing (model_args, data_args,
         training_args, finetuning_args), after the task's."""
 
+    @classmethod
+    def saved_run(cls, path: str) -> dict[str, Any] | None:
+        """A run of this method saved as a head instead of a checkpoint (``{"method", "checkpoint", "head",
+        "classnames"}``), or None: what evaluation, prediction and the API load from such an output dir."""
+        return None
+
     def see_data(self, datasets: "ClipDatasets", tokenizer: Any) -> None:
         """What the method reads from the run's data before ``prepare`` (CoOp: the class count, and the tokenizer
         for its initialization phrase)."""

@@ -2,6 +2,7 @@
 
 A fixed pipeline: what differs between methods and tasks lives in their classes (``methods``, ``tasks``)."""
 
+import dataclasses
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,7 @@ from llamafactory.train.callbacks import LogCallback
 
 from ..data import load_clip_datasets
 from ..hparams.output_dir import run_record, write_json_atomic
-from ..methods import Run, get_method
+from ..methods import Run, get_method, saved_run
 from ..methods.base import log_trainable
 from ..model import ClipTaskModel, TextTokenizer, family_of, load_clip
 from ..tasks import get_task
@@ -40,6 +41,15 @@ def run_clip(
 ) -> None:
     task_class = get_task(finetuning_args.clip_task)
     method = get_method(finetuning_args.finetuning_type)()
+    path = model_args.model_name_or_path
+    saved = saved_run(path)  # a run saved as a head over the checkpoint it names (Tip-Adapter's cache)
+    if saved is not None:
+        if training_args.do_train:
+            raise ValueError(
+                f"model_name_or_path: {path} is a saved {saved['method']} run (a head over {saved['checkpoint']}): "
+                f"evaluate or predict with it, or train from {saved['checkpoint']}."
+            )
+        model_args = dataclasses.replace(model_args, model_name_or_path=saved["checkpoint"])
     clip, processor = load_clip(model_args)
     tokenizer = TextTokenizer(processor.tokenizer, family_of(clip.config))
     datasets = load_clip_datasets(data_args, task_class.name, training_args.seed, processor.image_processor, tokenizer)
@@ -53,6 +63,13 @@ def run_clip(
         datasets.tokenize_captions(tokenizer)
     task = task_class.build(datasets, tokenizer, clip, finetuning_args)
     model = ClipTaskModel(clip, task, datasets.spec, model_args.interpolate_pos_encoding)
+    if saved is not None:
+        if saved["classnames"] != (datasets.classnames or []):
+            raise ValueError(
+                f"The head saved in {path} scores classes {saved['classnames'] or '(captions)'}, but this run's data "
+                f"has {datasets.classnames or '(captions)'}: evaluate it on the data it was built on."
+            )
+        model.head = saved["head"]
     log_trainable(model)
     run = Run(model_args, data_args, training_args, finetuning_args, datasets, processor, model)
     run.trainer = ClipTrainer(

@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ...hparams.model_args import is_adapter_dir
 from ...tasks.base import HeadScores
 
 
@@ -243,3 +244,24 @@ def load_cache(directory: str, header: dict[str, Any]) -> dict[str, torch.Tensor
         )
     check_tensors(path, tensors, cache_shapes(header))
     return tensors
+
+
+def tip_run(path: str) -> dict[str, Any] | None:
+    """A Tip-Adapter run's output dir (its cache file and no checkpoint of its own): the base checkpoint its cache
+    names, the cache as a head with the alpha and beta it was saved with, and its classes."""
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, "config.json")) or is_adapter_dir(path):
+        return None
+    saved = read_tensors(path, CACHE_FILE)
+    if saved is None:
+        return None
+    tensors, header = saved
+    missing = [key for key in ("checkpoint", "alpha", "beta") if key not in header]
+    if missing or "keys" not in tensors or "values" not in tensors:
+        raise ValueError(f"{path}/{CACHE_FILE} is not a finished Tip-Adapter run's cache (no {missing or 'tensors'}).")
+    cache = TipCache(tensors["keys"], tensors["values"], header["alpha"], header["beta"], learnable=False)
+    return {
+        "method": "tip",
+        "checkpoint": header["checkpoint"],
+        "head": cache,
+        "classnames": header.get("classnames") or [],
+    }

@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 
 from ...hparams import ClipFinetuningArguments
 from ..base import Method, Run, report, set_trainable, train
-from .cache import CACHE_FILE
+from .cache import CACHE_FILE, tip_run
 from .run import TipCacheCallback, search
 
 
@@ -61,6 +61,10 @@ class TipMethod(Method):
 
     def checkpoint_files(self, finetuning_args: "ClipFinetuningArguments") -> tuple[str, ...]:
         return (CACHE_FILE,) if finetuning_args.tip_finetune else ()
+
+    @classmethod
+    def saved_run(cls, path: str) -> dict | None:
+        return tip_run(path)
 
     def run(self, run: Run) -> None:
         trainer, f = run.trainer, run.finetuning_args
