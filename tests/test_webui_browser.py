@@ -173,7 +173,7 @@ def test_clip_tab_trains_shows_progress_metrics_and_switches_language(webui, pag
     bad.write_text("not an image")
     page.locator("#clip_try_images input[type=file]").set_input_files(str(bad))
     page.locator("#clip_try_btn").click()
-    expect(page.locator("#clip_try_output")).to_contain_text("Cannot read image")
+    expect(page.locator("#clip_try_output")).to_contain_text("not an image (Pillow cannot read its header)")
 
     shot = tmp_path / "clip_tab.png"
     page.screenshot(path=str(shot), full_page=True)

@@ -144,8 +144,8 @@ class ClipPredictor:
         try:
             with Image.open(io.BytesIO(data)) as img:  # the header only: nothing is decoded here
                 width, height = img.size
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise BadRequest(f"image {index}: not an image Pillow reads ({err}).") from None
+        except (OSError, ValueError, Image.DecompressionBombError):
+            raise BadRequest(f"image {index}: not an image (Pillow cannot read its header).") from None
         if width * height > MAX_IMAGE_PIXELS:
             raise BadRequest(f"image {index}: {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS} allowed.")
         return data
