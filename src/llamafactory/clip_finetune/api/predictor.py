@@ -54,9 +54,9 @@ class ClipPredictor:
     def __init__(self, model_args: ClipModelArguments, data_args: ClipDataArguments, device: str | None = None):
         self.name = model_args.model_name_or_path
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        tip = saved_run(model_args.model_name_or_path)
-        if tip is not None:  # a Tip-Adapter run: its base checkpoint, with the saved cache as the head
-            model_args = dataclasses.replace(model_args, model_name_or_path=tip["checkpoint"])
+        saved = saved_run(model_args.model_name_or_path)
+        if saved is not None:  # a run saved as a head (Tip-Adapter's cache) over the checkpoint it names
+            model_args = dataclasses.replace(model_args, model_name_or_path=saved["checkpoint"])
         clip, self.processor = load_clip(model_args)
         spec = ImageSpec.from_processor(self.processor.image_processor, data_args)
         self.transform = spec.eval_transform()
@@ -70,16 +70,16 @@ class ClipPredictor:
             self.classnames = read_samples(attrs[0]).classnames
             self.templates = dataset_templates(data_args, attrs)
         self.query_head: nn.Module | None = None  # an image_to_text Tip cache: image embeddings are its queries
-        if tip is not None and not tip["classnames"]:
-            self.query_head = tip["head"].to(self.device)
-        elif tip is not None:
-            self.model.head = tip["head"]
-            if self.classnames not in (None, tip["classnames"]):
+        if saved is not None and not saved["classnames"]:
+            self.query_head = saved["head"].to(self.device)
+        elif saved is not None:
+            self.model.head = saved["head"]
+            if self.classnames not in (None, saved["classnames"]):
                 raise ValueError(
-                    f"{self.name}: the Tip-Adapter cache holds classes {tip['classnames']}, but `dataset` has "
+                    f"{self.name}: the Tip-Adapter cache holds classes {saved['classnames']}, but `dataset` has "
                     f"{self.classnames}. Serve it with the dataset it was built on (or without `dataset`)."
                 )
-            self.classnames = tip["classnames"]
+            self.classnames = saved["classnames"]
         self.model.to(self.device).eval()
         self.batcher = MicroBatcher(lambda pixels: self.model.image_features(pixels.to(self.device)))
         self._class_features = self.text_features_for(self.classnames) if self.classnames else None

@@ -533,8 +533,9 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def translate(config: dict[str, Any], path: str = "<dict>") -> Translation:
     translation = Translation(path)
-    translation.trainer = _flatten(config).get("TRAINER.NAME")
-    for key, value in _flatten(config).items():
+    flat = _flatten(config)
+    translation.trainer = flat.get("TRAINER.NAME")
+    for key, value in flat.items():
         if key not in SCHEMA:
             reason = _unused_reason(key)
             if reason is not None:
@@ -549,7 +550,7 @@ def translate(config: dict[str, Any], path: str = "<dict>") -> Translation:
         except TypeError as err:
             raise DasslConfigError(f"{path}: {key} must be {err}, got {value!r}.") from None
         rule(translation, value, key)
-    translation.keys = set(_flatten(config))
+    translation.keys = set(flat)
     return translation
 
 

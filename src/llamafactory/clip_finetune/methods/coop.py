@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from llamafactory.extras import logging
-from peft import get_peft_model
 from torch import nn
 
 from ..model.families import TextTokenizer, family_of
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
 
     from ..data import ClipDatasets
     from ..hparams import ClipFinetuningArguments
+    from ..model.families import Family
 
 
 logger = logging.get_logger(__name__)
@@ -34,7 +34,6 @@ class CoopMethod(PeftMethod):
         "coop_class_token_position": "",
         "coop_kg_weight": "",
     }
-    caches_features = True
 
     @classmethod
     def check(cls, args: tuple, task: Any) -> None:
@@ -66,34 +65,43 @@ class CoopMethod(PeftMethod):
     def see_data(self, datasets: "ClipDatasets", tokenizer: TextTokenizer) -> None:
         self.classes, self.tokenizer = len(datasets.classnames or []), tokenizer
 
+    def phrase_ids(self, finetuning_args: "ClipFinetuningArguments", family: "type[Family]") -> list[int] | None:
+        """The token ids of ``coop_ctx_init`` (the family's case rule applied); their count is the context's."""
+        f = finetuning_args
+        if not f.coop_ctx_init:
+            return None
+        phrase = f.coop_ctx_init.lower() if family.lower_case else f.coop_ctx_init
+        ids = self.tokenizer.tokenizer(phrase, add_special_tokens=False)["input_ids"]
+        if f.coop_n_ctx not in (None, len(ids)):
+            raise ValueError(
+                f"coop_ctx_init `{f.coop_ctx_init}` is {len(ids)} tokens, but coop_n_ctx is {f.coop_n_ctx}."
+            )
+        return ids
+
+    def peft_config(self, finetuning_args: "ClipFinetuningArguments", family: "type[Family]") -> ClipCoopConfig:
+        ids = self.phrase_ids(finetuning_args, family)
+        return ClipCoopConfig(
+            n_ctx=len(ids) if ids else finetuning_args.coop_n_ctx or 16,  # CoOp's default context length
+            n_groups=self.classes if finetuning_args.coop_class_specific else 1,
+            class_token_position=finetuning_args.coop_class_token_position,
+            target_modules=[family.token_embedding],
+        )
+
     def prepare(
         self, clip: nn.Module, finetuning_args: "ClipFinetuningArguments", training_args: "TrainingArguments"
     ) -> nn.Module:
+        """The PEFT model; a phrase initialization copies the phrase's token embeddings into the context (CoOp)."""
         f, family = finetuning_args, family_of(clip.config)
-        init, n_ctx = None, f.coop_n_ctx or 16  # CoOp's default context length
-        if f.coop_ctx_init:  # CoOp: the phrase's token embeddings, its length the context's
-            phrase = f.coop_ctx_init.lower() if family.lower_case else f.coop_ctx_init
-            ids = self.tokenizer.tokenizer(phrase, add_special_tokens=False)["input_ids"]
-            if f.coop_n_ctx not in (None, len(ids)):
-                raise ValueError(
-                    f"coop_ctx_init `{f.coop_ctx_init}` is {len(ids)} tokens, but coop_n_ctx is {f.coop_n_ctx}."
-                )
-            n_ctx = len(ids)
-            init = clip.get_submodule(family.token_embedding).weight[torch.tensor(ids)].detach().clone()
-        config = ClipCoopConfig(
-            n_ctx=n_ctx,
-            n_groups=self.classes if f.coop_class_specific else 1,
-            class_token_position=f.coop_class_token_position,
-            target_modules=[family.token_embedding],
-        )
-        model = get_peft_model(clip, config)
-        if init is not None:
-            layer = model.get_submodule(f"base_model.model.{family.token_embedding}")
+        model = super().prepare(clip, f, training_args)
+        layer = model.get_submodule(f"base_model.model.{family.token_embedding}")
+        ids = self.phrase_ids(f, family)
+        if ids:
             with torch.no_grad():
-                layer.clip_coop_ctx["default"].copy_(init.unsqueeze(0))
+                layer.clip_coop_ctx["default"].copy_(layer.base_layer.weight[torch.tensor(ids)].unsqueeze(0))
+        groups, n_ctx = layer.clip_coop_ctx["default"].shape[:2]
         logger.info_rank0(
-            f"coop: {config.n_groups} x {config.n_ctx} context vectors "
-            f"({'from `' + f.coop_ctx_init + '`' if init is not None else 'random'}), class name at the "
-            f"{config.class_token_position}{', KgCoOp weight ' + str(f.coop_kg_weight) if f.coop_kg_weight else ''}."
+            f"coop: {groups} x {n_ctx} context vectors ({'from `' + f.coop_ctx_init + '`' if ids else 'random'}), "
+            f"class name at the {f.coop_class_token_position}"
+            f"{', KgCoOp weight ' + str(f.coop_kg_weight) if f.coop_kg_weight else ''}."
         )
         return model

@@ -15,6 +15,13 @@ from .contrastive import contrastive_loss
 from .ranking import topk_hits
 
 
+def ensemble(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` classes' prompt ensembles from their prompts' tokens (class-major): each prompt's feature normalized
+    inside ``encode_texts``, averaged per class, normalized."""
+    feats = model.encode_texts(ids, mask)
+    return F.normalize(feats.view(count, len(ids) // count, -1).mean(dim=1), dim=-1)
+
+
 class ClassificationTask(Task):
     """Class text features are the prompt ensemble: normalize each template's feature, average, normalize.
 
@@ -84,24 +91,19 @@ class ClassificationTask(Task):
         if classes is not None:
             rows = classes[:, None] * self.per_class + torch.arange(self.per_class, device=ids.device)
             ids, mask, count = ids[rows.flatten()], mask[rows.flatten()], len(classes)
-        feats = model.encode_texts(ids, mask)
-        feats = feats.view(count, self.per_class, -1).mean(dim=1)
-        return F.normalize(feats, dim=-1)
+        return ensemble(model, ids, mask, count)
 
     @torch.no_grad()
     def setup(self, model: nn.Module) -> None:
+        if not (self.anchor_weight or not self.text_trainable):
+            return
+        was_training = model.training
+        model.eval()
         if self.anchor_weight:
-            was_training = model.training
-            model.eval()
-            per_class = len(self.anchor_ids) // len(self.classnames)
-            feats = model.encode_texts(self.anchor_ids, self.anchor_mask).view(len(self.classnames), per_class, -1)
-            self.anchor_features = F.normalize(feats.mean(dim=1), dim=-1).float()
-            model.train(was_training)
+            self.anchor_features = ensemble(model, self.anchor_ids, self.anchor_mask, len(self.classnames)).float()
         if not self.text_trainable:
-            was_training = model.training
-            model.eval()
             self.class_features = self.encode_classes(model).float()
-            model.train(was_training)
+        model.train(was_training)
 
     def class_weights(self, model: nn.Module) -> torch.Tensor:
         return self.encode_classes(model) if self.text_trainable else self.class_features

@@ -3,7 +3,7 @@
 The reference behaviour is OpenAI CLIP's (``CLIPModel``); a family overrides only what differs. The rest of the stage
 asks the family and never reads a model's internals itself."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -44,10 +44,6 @@ class Family:
     @staticmethod
     def logit_parameters(clip: nn.Module) -> list[nn.Parameter]:
         return [clip.logit_scale]
-
-    @staticmethod
-    def vision_config(config: Any) -> Any:
-        return config.vision_config
 
     # features
     @staticmethod
@@ -91,6 +87,16 @@ class Family:
     def names(cls, canonical: str) -> tuple[str, ...]:
         """A CLIP module name and this family's names for the same module."""
         return (canonical, *cls.aliases.get(canonical, ()))
+
+
+def _ids_and_mask(tokens: Any) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask of a tokenizer's output; a tokenizer that returns no mask (SigLIP's) attends to
+    every position."""
+    mask = tokens.get("attention_mask")
+    return {
+        "input_ids": tokens["input_ids"],
+        "attention_mask": torch.ones_like(tokens["input_ids"]) if mask is None else mask,
+    }
 
 
 @dataclass(frozen=True)
@@ -144,11 +150,7 @@ class TextTokenizer:
             tokens = self.tokenizer(
                 texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
             )
-        mask = tokens.get("attention_mask")
-        return {
-            "input_ids": tokens["input_ids"],
-            "attention_mask": torch.ones_like(tokens["input_ids"]) if mask is None else mask,
-        }
+        return _ids_and_mask(tokens)
 
     def _with_context(self, texts: list[str], max_length: int | None, classes: list[int] | None) -> dict:
         ctx, tok = self.context, self.tokenizer
@@ -177,12 +179,7 @@ class TextTokenizer:
                 body = (name_ids + slots if front else slots[:half] + name_ids + slots[half:]) + end_ids
             rows.append(prefix + body[: length - len(prefix) - len(suffix)] + suffix)
         padding = "max_length" if self.family.text_padding is not None else "longest"
-        tokens = tok.pad({"input_ids": rows}, padding=padding, max_length=length, return_tensors="pt")
-        mask = tokens.get("attention_mask")
-        return {
-            "input_ids": tokens["input_ids"],
-            "attention_mask": torch.ones_like(tokens["input_ids"]) if mask is None else mask,
-        }
+        return _ids_and_mask(tok.pad({"input_ids": rows}, padding=padding, max_length=length, return_tensors="pt"))
 
     def _continuation(self, piece: str) -> list[int]:
         """The tokens of ``piece`` right after a word (a period after the context), not as a text of its own (which
@@ -196,8 +193,6 @@ class TextTokenizer:
 
     def for_model(self, clip: nn.Module) -> "TextTokenizer":
         """This tokenizer with the slots of the model's CoOp context, if it has one (trained now or reloaded)."""
-        from dataclasses import replace
-
         config = next(
             (c for c in (getattr(clip, "peft_config", None) or {}).values() if c.peft_type == "CLIP_COOP"), None
         )

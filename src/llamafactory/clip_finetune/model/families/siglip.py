@@ -68,10 +68,9 @@ class SiglipFamily(Family):
         return clip.logit_bias[0]
 
 
-def _pool(vision: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    hidden = vision.post_layernorm(hidden)
-    head = getattr(vision.head, "base_layer", vision.head)
-    return head(hidden) if mask is None else head(hidden, mask)
+def _pool(vision: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The vision model's final norm and its pooling head's own output (a CLIP-Adapter around the head excluded)."""
+    return getattr(vision.head, "base_layer", vision.head)(vision.post_layernorm(hidden))
 
 
 class Siglip2Family(SiglipFamily):
