@@ -166,6 +166,7 @@ def test_class_specific_contexts_train(tmp_path):
         ({"coop_ctx_init": "a photo of a", "coop_class_specific": True}, "coop_ctx_init initializes one shared"),
         ({"coop_n_ctx": 0}, "coop_n_ctx must be at least 1"),
         ({"coop_kg_weight": -1.0}, "coop_kg_weight must be >= 0"),
+        ({"freeze_text_tower": False}, "coop trains the context only"),
     ],
 )
 def test_bad_coop_settings_are_refused_while_parsing(tmp_path, keys, message):
@@ -175,6 +176,11 @@ def test_bad_coop_settings_are_refused_while_parsing(tmp_path, keys, message):
     args = make(tmp_path, finetuning_type="coop", **{k: v for k, v in keys.items() if k != "clip_task"})
     with pytest.raises(ValueError, match=message):
         check_clip_args(args)
+
+
+def test_a_phrase_of_another_length_than_coop_n_ctx_is_refused():
+    with pytest.raises(ValueError, match="coop_ctx_init `a photo of a` is 4 tokens, but coop_n_ctx is 3"):
+        coop_model(coop_ctx_init="a photo of a", coop_n_ctx=3)
 
 
 def test_dassl_coop_keys_set_the_method_for_a_coop_trainer_only():

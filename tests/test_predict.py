@@ -109,3 +109,5 @@ def test_a_tip_adapter_run_reloads_from_its_output_dir_for_evaluation_and_predic
     assert (again / "predictions.jsonl").read_text() == (run / "predictions.jsonl").read_text()
     with pytest.raises(ValueError, match="is a saved tip run .* train from"):
         run_exp(base_args(tmp_path / "train", model_name_or_path=str(run)))
+    with pytest.raises(ValueError, match=r"scores classes \['ankle boot'.*but this run's data has \(captions\)"):
+        run_exp(i2t_args(tmp_path / "captions", model_name_or_path=str(run), do_train=False))
