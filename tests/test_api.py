@@ -62,36 +62,39 @@ def test_classification_agrees_with_the_stages_predictions(client, tmp_path):
     assert {t["label"] for t in labels.json()["data"][0]["top_k"]} == {"bag", "coat"}
 
 
+HEAD_RUNS = {
+    "tip": (dict(finetuning_type="tip", tip_augment_epoch=1, tip_alpha=5.0, tip_beta=2.0), "tip_cache.safetensors"),
+    "linear_probe": (dict(finetuning_type="linear_probe", probe_epochs=20), "probe_head.safetensors"),
+    "lp_ft": (dict(lp_ft=True, probe_epochs=20), "probe_head.safetensors"),
+}
+
+
 @pytest.mark.slow
-def test_a_tip_adapter_run_is_served_with_its_cache(tmp_path, client):
-    """A Tip-Adapter run's output dir (a cache, no checkpoint) serves its base checkpoint with the cache as the head:
-    classification equals the run's own predictions (cache included), which differ from the plain model's."""
-    run = tmp_path / "tip"
-    run_exp(
-        base_args(
-            run,
-            finetuning_type="tip",
-            val_dataset="fashion_mnist_val",
-            tip_augment_epoch=1,
-            tip_alpha=5.0,
-            tip_beta=2.0,
-            do_predict=True,
-            predict_dataset="fashion_mnist_test",
-        )
+@pytest.mark.parametrize("method", list(HEAD_RUNS))
+def test_a_run_saved_with_a_head_is_served_with_it(tmp_path, client, method):
+    """A Tip-Adapter run (a cache, no checkpoint), a linear probe (a head, no checkpoint) or an LP-FT run (a
+    checkpoint and its head) serves with its head: classification equals the run's own predictions, which differ
+    from the plain model's; the head's classes are the only ones it scores."""
+    run = tmp_path / method
+    keys, head_file = HEAD_RUNS[method]
+    args = base_args(
+        run, val_dataset="fashion_mnist_val", do_predict=True, predict_dataset="fashion_mnist_test", **keys
     )
-    assert not (run / "config.json").exists() and (run / "tip_cache.safetensors").is_file()
+    run_exp(args)
+    assert (run / "config.json").exists() == (method == "lp_ft") and (run / head_file).is_file()
     rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()][:16]
-    served = ClipPredictor(*parse_api_args({**SERVED, "model_name_or_path": str(run), "dataset_dir": str(DATA_DIR)}))
-    tip = TestClient(create_app(served))
+    served_args = {**SERVED, "model_name_or_path": str(run), "dataset_dir": str(DATA_DIR)}
+    predictor = ClipPredictor(*parse_api_args(served_args))
+    served = TestClient(create_app(predictor))
     images = [encoded(r["image"]) for r in rows]
-    answers = tip.post("/v1/classify", json={"images": images, "top_k": 3}).json()["data"]
+    answers = served.post("/v1/classify", json={"images": images, "top_k": 3}).json()["data"]
     for row, answer in zip(rows, answers, strict=True):
         assert [t["label"] for t in answer["top_k"]] == [t["class"] for t in row["top_k"][:3]]
         assert answer["top_k"][0]["score"] == pytest.approx(row["top_k"][0]["score"], abs=1e-5)
     plain = client.post("/v1/classify", json={"images": images, "top_k": 1}).json()["data"]
     assert [a["top_k"][0]["score"] for a in answers] != pytest.approx([p["top_k"][0]["score"] for p in plain])
-    reply = tip.post("/v1/classify", json={"images": images[:1], "labels": ["bag", "coat"]})
-    assert reply.status_code == 400 and "scores the classes of its cache" in reply.json()["detail"]
+    reply = served.post("/v1/classify", json={"images": images[:1], "labels": ["bag", "coat"]})
+    assert reply.status_code == 400 and "scores the classes it was built on" in reply.json()["detail"]
 
 
 def test_bad_uploads_get_a_message(client):

@@ -327,7 +327,7 @@ def test_an_evaluation_never_replaces_another_runs_results(tmp_path):
 def test_the_stages_own_lock_and_temporary_files_are_not_another_run(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    for name in (".clip_run.lock", ".tip_cache.lock", "tmpab12.tmp", "training_args.yaml", "running_log.txt"):
+    for name in (".clip_run.lock", ".tensors.lock", "tmpab12.tmp", "training_args.yaml", "running_log.txt"):
         (out / name).write_text("")
     check_clip_args(base_args(out))
 

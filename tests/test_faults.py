@@ -25,6 +25,7 @@ METHODS = {
         "learning_rate": 1e-2,
     },
     "abs": {"abs": True, "abs_warmup_epochs": 1, "abs_keep": 2, "lr_scheduler_type": "constant"},
+    "lp_ft": {"lp_ft": True, "probe_epochs": 10},
 }
 FAULTS = {
     "full": [
@@ -38,6 +39,7 @@ FAULTS = {
     "lora": ["step:5", "write:adapter_model.safetensors:checkpoint-4"],
     "tip_f": ["step:5", "write:tip_cache.safetensors:checkpoint-4"],
     "abs": ["step:5", "write:abs_selection.json:checkpoint-4"],
+    "lp_ft": ["step:5", "write:probe_head.safetensors:checkpoint-4"],
 }
 
 
@@ -64,9 +66,11 @@ def run(args, fault="none"):
 
 
 def final_state(output_dir, method):
-    """What the run ended with: the weights it saved (and Tip-F's learned keys) and its last step."""
+    """What the run ended with: the weights it saved (and Tip-F's learned keys, LP-FT's head) and its last step."""
     name = {"lora": "adapter_model.safetensors", "tip_f": "tip_cache.safetensors"}.get(method, "model.safetensors")
     state = dict(load_file(output_dir / name))
+    if method == "lp_ft":  # the head trained with the model
+        state.update({f"head.{k}": v for k, v in load_file(output_dir / "probe_head.safetensors").items()})
     return state, read_json(output_dir / "trainer_state.json")["global_step"]
 
 

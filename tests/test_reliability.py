@@ -20,7 +20,7 @@ HEADER = {"checkpoint": "m", "feature_dim": 4, "classnames": ["a", "b", "c"]}
 
 def write_cache(directory, keys, values, header=HEADER, name=CACHE_FILE):
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({"keys": keys, "values": values}, str(directory / name), metadata={"tip": json.dumps(header)})
+    save_file({"keys": keys, "values": values}, str(directory / name), metadata={"header": json.dumps(header)})
 
 
 CRAFTED = [
@@ -54,14 +54,14 @@ def test_a_crafted_shared_cache_is_refused(tmp_path):
     header = {"checkpoint": "m", "feature_dim": 4}
     tensors = {"keys": torch.randn(5, 4), "counts": torch.ones(5), "labels": torch.tensor([0, 1, 7, -1, -1])}
     save_file(
-        tensors, str(tmp_path / SHARED_FILE), metadata={"tip": json.dumps({**header, "names": ["d::a", "d::b"]})}
+        tensors, str(tmp_path / SHARED_FILE), metadata={"header": json.dumps({**header, "names": ["d::a", "d::b"]})}
     )
     with pytest.raises(ValueError, match=r"slot labels or counts out of range"):
         SharedCache.load(str(tmp_path), 5, header)
     tensors["labels"] = torch.tensor([0, 1, 1, -1, -1])
     tensors["keys"][0, 0] = float("inf")
     save_file(
-        tensors, str(tmp_path / SHARED_FILE), metadata={"tip": json.dumps({**header, "names": ["d::a", "d::b"]})}
+        tensors, str(tmp_path / SHARED_FILE), metadata={"header": json.dumps({**header, "names": ["d::a", "d::b"]})}
     )
     with pytest.raises(ValueError, match=r"`keys` holds NaN or infinite values"):
         SharedCache.load(str(tmp_path), 5, header)

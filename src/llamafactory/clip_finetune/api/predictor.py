@@ -55,7 +55,7 @@ class ClipPredictor:
         self.name = model_args.model_name_or_path
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         saved = saved_run(model_args.model_name_or_path)
-        if saved is not None:  # a run saved as a head (Tip-Adapter's cache) over the checkpoint it names
+        if saved is not None:  # a run saved as a head (Tip-Adapter's cache, a probe) over the checkpoint it names
             model_args = dataclasses.replace(model_args, model_name_or_path=saved["checkpoint"])
         clip, self.processor = load_clip(model_args)
         spec = ImageSpec.from_processor(self.processor.image_processor, data_args)
@@ -76,8 +76,8 @@ class ClipPredictor:
             self.model.head = saved["head"]
             if self.classnames not in (None, saved["classnames"]):
                 raise ValueError(
-                    f"{self.name}: the Tip-Adapter cache holds classes {saved['classnames']}, but `dataset` has "
-                    f"{self.classnames}. Serve it with the dataset it was built on (or without `dataset`)."
+                    f"{self.name}: the {saved['method']} head scores classes {saved['classnames']}, but `dataset` "
+                    f"has {self.classnames}. Serve it with the dataset it was built on (or without `dataset`)."
                 )
             self.classnames = saved["classnames"]
         self.model.to(self.device).eval()
@@ -114,17 +114,19 @@ class ClipPredictor:
     @torch.no_grad()
     def classify(self, images: list[str], labels: list[str] | None, top_k: int) -> list[list[dict[str, Any]]]:
         if labels and self.model.head is not None and labels != self.classnames:
-            raise BadRequest("This Tip-Adapter run scores the classes of its cache: omit `labels`.")
+            raise BadRequest("This run's head scores the classes it was built on: omit `labels`.")
         if labels:
             weights, names = self.text_features_for(labels), labels
         elif self._class_features is not None:
             weights, names = self._class_features, self.classnames
         else:
             raise BadRequest("Give `labels`: this server was started without a `dataset` to read class names from.")
-        # the family's scores, plus a Tip-Adapter cache's (ClassificationTask.logits adds the model's head)
+        # the family's scores, plus a Tip-Adapter cache's, or a probe's alone (ClassificationTask.logits)
         logits = ClassificationTask.logits(self.model, self.image_features(images), weights)
-        # SigLIP scores each label on its own (sigmoid), as it was trained; CLIP-like families over the labels
-        probs = logits.sigmoid() if self.model.family.loss == "sigmoid" else logits.softmax(-1)
+        # SigLIP scores each label on its own (sigmoid), as it was trained; CLIP-like families and probe heads
+        # (trained with cross-entropy) over the labels
+        probe = getattr(self.model.head, "replaces_logits", False)
+        probs = logits.sigmoid() if self.model.family.loss == "sigmoid" and not probe else logits.softmax(-1)
         top = probs.topk(min(top_k, len(names)), dim=-1)
         return [
             [{"label": names[c], "score": s} for c, s in zip(idx, val, strict=True)]

@@ -1,3 +1,4 @@
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -134,6 +135,36 @@ class ClipFinetuningArguments(ClipOptimArguments):
             "the best a on val_dataset as the output (pure finetune: output_dir/finetuned). full, bias, lora."
         },
     )
+    probe_type: Literal["lpp", "logistic", "zero_shot"] = field(
+        default="lpp",
+        metadata={
+            "help": "linear_probe / lp_ft: the head on the frozen features. lpp: LP++ (text-blended, closed-form "
+            "step sizes); logistic: CoOp's lpclip logistic regression, C searched on val_dataset; zero_shot: the "
+            "same, started from and regularized toward the zero-shot classifier."
+        },
+    )
+    probe_c: float | None = field(
+        default=None,
+        metadata={
+            "help": "linear_probe / lp_ft: a fixed inverse regularization C for logistic / zero_shot (default: "
+            "searched on val_dataset as lpclip does)."
+        },
+    )
+    probe_search_steps: int = field(
+        default=8, metadata={"help": "linear_probe / lp_ft: bisection steps of the search for C after its grid."}
+    )
+    probe_epochs: int = field(default=300, metadata={"help": "linear_probe / lp_ft: full-batch epochs of LP++."})
+    probe_views: int = field(
+        default=1,
+        metadata={"help": "linear_probe / lp_ft: augmented views per training image the head is fitted on."},
+    )
+    lp_ft: bool = field(
+        default=False,
+        metadata={
+            "help": "LP-FT: fit the linear probe (probe_type) on the frozen features first, then finetune the "
+            "method's weights and the head together from it. classification; full, bias, lora, clip_lora."
+        },
+    )
     abs: bool = field(default=False, metadata={"help": "Angle-Based Selection of the layers that keep training."})
     abs_top: bool = field(default=True, metadata={"help": "Keep the largest angles (false: the smallest)."})
     abs_group: bool = field(default=True, metadata={"help": "Keep abs_keep units per name group (false: overall)."})
@@ -158,3 +189,10 @@ class ClipFinetuningArguments(ClipOptimArguments):
             raise ValueError(f"abs_keep must be at least 1, got {self.abs_keep}.")
         if self.abs_warmup_epochs is not None and self.abs_warmup_epochs <= 0:
             raise ValueError(f"abs_warmup_epochs must be positive, got {self.abs_warmup_epochs}.")
+
+
+def is_set(args: ClipFinetuningArguments, key: str) -> bool:
+    """Whether ``key`` differs from its default (a key set for a method that does not read it is an error)."""
+    field = next(f for f in dataclasses.fields(args) if f.name == key)
+    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    return getattr(args, key) != default

@@ -27,7 +27,7 @@ LOCK_FILE = ".clip_run.lock"
 # trainer_log.jsonl, which alone, without model files, is the trace of a run that stopped before saving
 LAUNCHER_FILES = {"running_log.txt", "trainer_log.jsonl"}  # LLaMA-Factory's logs of a run
 # the stage's own bookkeeping: its lock files and the temporary files of its atomic writes (``*.tmp``)
-OWN_FILES = re.compile(r"^(\.clip_run\.lock|\.tip_cache\.lock|.*\.tmp)$")
+OWN_FILES = re.compile(r"^(\.clip_run\.lock|\.tensors\.lock|.*\.tmp)$")
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 # Trainer keys that change what a run computes; the stage's own dataclasses count in full, minus these

@@ -1,13 +1,14 @@
 """One registry from ``finetuning_type`` to a method: what trains, on top of any task."""
 
-import dataclasses
-
+from ..hparams.finetuning_args import is_set
 from .adapter import AdapterMethod
 from .base import Method, Run
 from .bias import BiasMethod
 from .coop import CoopMethod
 from .full import FullMethod
 from .lora import ClipLoraMethod, LoraMethod
+from .probe.fit import check_probe_args
+from .probe.method import LinearProbeMethod
 from .prompt import PromptMethod
 from .tip import TipMethod
 
@@ -23,6 +24,7 @@ METHODS: dict[str, type[Method]] = {
         PromptMethod,
         CoopMethod,
         TipMethod,
+        LinearProbeMethod,
     )
 }
 
@@ -47,16 +49,13 @@ def check_method_args(args: tuple, task: type) -> type[Method]:
     """What holds for every method, then the method's own checks and defaults; returns the method."""
     _, data_args, training_args, f = args
     method = get_method(f.finetuning_type)
-    defaults = {field.name: field for field in dataclasses.fields(f)}
     for other in METHODS.values():
         if other is method:
             continue
         for key, why in other.own_keys.items():
             if key in method.own_keys:
                 continue  # shared with this method (clip_lora reads lora's keys)
-            field = defaults[key]
-            default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-            if getattr(f, key) != default:
+            if is_set(f, key):
                 reason = why.format(method=method.name) if why else f"this run's finetuning_type is {method.name}"
                 raise ValueError(f"{key} applies to {other.name}: {reason}; remove it or change finetuning_type.")
     if f.abs and not method.selectable:
@@ -79,6 +78,7 @@ def check_method_args(args: tuple, task: type) -> type[Method]:
             )
     if training_args.ddp_find_unused_parameters is None:
         training_args.ddp_find_unused_parameters = method.stops_gradients(f)
+    check_probe_args(args, task, method)
     method.check(args, task)
     return method
 

@@ -12,6 +12,8 @@ from torch import nn
 
 from ..model.families import Family, family_of
 from .feature_cache import cache_image_views
+from .probe.fit import ProbeHeadCallback, export_head, install_probe
+from .probe.head import HEAD_FILE
 from .wise_ft import run_wise_ft, snapshot
 
 
@@ -132,15 +134,15 @@ class Method:
         raise NotImplementedError
 
     def callbacks(self, run: Run) -> list["TrainerCallback"]:
-        """Callbacks the Trainer is built with."""
-        return []
+        """Callbacks the Trainer is built with (LP-FT's head goes into every checkpoint)."""
+        return [ProbeHeadCallback(run)] if run.finetuning_args.lp_ft else []
 
     def checkpoint_files(self, finetuning_args: "ClipFinetuningArguments") -> tuple[str, ...]:
         """Files of the method's own state that every checkpoint of it must hold to be resumed."""
-        return ()
+        return (HEAD_FILE,) if finetuning_args.lp_ft else ()
 
     def run(self, run: Run) -> None:
-        """Training: cache a frozen image tower's features, train, save, export, report and plot."""
+        """Training: cache a frozen image tower's features, fit LP-FT's probe, train, save, export, report, plot."""
         args, trainer = run.training_args, run.trainer
         if not args.do_train:
             return
@@ -148,13 +150,15 @@ class Method:
         if self.caches_features and f.feature_cache and run.model.family.pooled_frozen(run.model.clip):
             trainer.train_dataset = cache_image_views(trainer, trainer.train_dataset, f.feature_cache_views)
         zero_shot = snapshot(self.delta_parameters(run.model.clip)) if f.wise_ft_alphas else None
-        result = train(trainer, args.resume_from_checkpoint)
-        metrics = dict(result.metrics)
+        metrics = install_probe(run, trainable=True) if f.lp_ft else {}  # LP-FT: the probe first, then training
+        metrics.update(train(trainer, args.resume_from_checkpoint).metrics)
         if zero_shot is not None:
             metrics.update(run_wise_ft(run, self, zero_shot))
         trainer.save_model()
         if trainer.is_world_process_zero():
             self.export(run)
+            if f.lp_ft:
+                export_head(run, "lp_ft")
         report(trainer, metrics)
         trainer.save_state()
         if trainer.is_world_process_zero() and f.plot_loss:

@@ -1,6 +1,8 @@
 """Frozen image tower: compute its pooled output once per augmented view, instead of once per epoch."""
 
+import hashlib
 import math
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -116,3 +118,42 @@ def cache_image_views(trainer, dataset: "TrainingSet", views: int) -> CachedView
         f"computed once in {time.perf_counter() - start:.1f}s and kept on {store.type}; every epoch reuses them."
     )
     return CachedViewsDataset(cached, dataset)
+
+
+def image_identity(image) -> str:
+    """A file path (resolved) or a digest of in-memory bytes: what makes two samples the same image."""
+    if isinstance(image, dict) and image.get("bytes") is not None:
+        return "sha1:" + hashlib.sha1(image["bytes"]).hexdigest()
+    path = image.get("path") if isinstance(image, dict) else image
+    return os.path.realpath(str(path))
+
+
+def check_disjoint(train, val, data_args, fitted: str) -> None:
+    """A search on the validation split must not see the images ``fitted`` was built from: they score too well
+    (Tip-Adapter's cache would pick a too-large alpha, a probe a too-weak regularization)."""
+    seen = {image_identity(image) for image in train.samples.images}
+    shared = sum(image_identity(image) in seen for image in val.samples.images)
+    if shared:
+        raise ValueError(
+            f"val_dataset `{data_args.val_dataset}` shares {shared} of its {len(val)} images with dataset "
+            f"`{data_args.dataset}` ({fitted}): use a validation split disjoint from the training images."
+        )
+
+
+@torch.no_grad()
+def eval_features(trainer, dataset) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """L2-normalized image features of ``dataset`` through its eval transforms (float32, every rank's share gathered),
+    and its labels when it has classes."""
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    features, labels = [], []
+    for batch in trainer.get_eval_dataloader(dataset):
+        batch = trainer._prepare_inputs(batch)
+        with trainer.autocast_smart_context_manager():
+            image = model.image_features(batch["pixel_values"]).float()
+        features.append(trainer.accelerator.gather_for_metrics(image))
+        if "labels" in batch:
+            labels.append(trainer.accelerator.gather_for_metrics(batch["labels"]))
+    model.train(was_training)
+    return torch.cat(features), torch.cat(labels) if labels else None

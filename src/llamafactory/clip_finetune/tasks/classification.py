@@ -110,8 +110,13 @@ class ClassificationTask(Task):
 
     @staticmethod
     def logits(model: nn.Module, image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The family's scores against the class features, plus a head's (Tip-Adapter's cache); a head that
+        ``replaces_logits`` (a linear probe) is the classifier alone."""
+        head = model.head
+        if head is not None and getattr(head, "replaces_logits", False):
+            return head(image)
         logits = model.logits(image, weights)
-        return logits if model.head is None else logits + model.head(image)
+        return logits if head is None else logits + head(image)
 
     def forward(
         self, model: nn.Module, pixel_values: torch.Tensor, labels=None, pooled=None, **_: Any

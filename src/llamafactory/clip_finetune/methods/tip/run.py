@@ -11,19 +11,9 @@ from transformers import TrainerCallback
 
 from ...data.datasets import CachedViewsDataset
 from ..base import Run
-from ..feature_cache import cache_device, encode_shard, gather_rows, shared_views
-from .cache import (
-    CACHE_FILE,
-    TipCache,
-    build_keys,
-    check_tensors,
-    load_cache,
-    locked,
-    read_tensors,
-    save_cache,
-    search_alpha_beta,
-    tip_search_grid,
-)
+from ..feature_cache import cache_device, check_disjoint, encode_shard, eval_features, gather_rows, shared_views
+from ..tensor_file import check_tensors, locked, read_tensors
+from .cache import CACHE_FILE, TipCache, build_keys, load_cache, save_cache, search_alpha_beta, tip_search_grid
 from .shared import SharedCache
 
 
@@ -191,45 +181,15 @@ class TipCacheCallback(TrainerCallback):
         save_cache(self.trainer.model.head, folder, self.header)
 
 
-def image_identity(image) -> str:
-    """A file path (resolved) or a digest of in-memory bytes: what makes two samples the same image."""
-    if isinstance(image, dict) and image.get("bytes") is not None:
-        return "sha1:" + hashlib.sha1(image["bytes"]).hexdigest()
-    path = image.get("path") if isinstance(image, dict) else image
-    return os.path.realpath(str(path))
-
-
-def check_disjoint(train, val, data_args) -> None:
-    """The search must not see the cached images: their affinity to themselves would pick a too-large alpha."""
-    cached = {image_identity(image) for image in train.samples.images}
-    shared = sum(image_identity(image) in cached for image in val.samples.images)
-    if shared:
-        raise ValueError(
-            f"val_dataset `{data_args.val_dataset}` shares {shared} of its {len(val)} images with dataset "
-            f"`{data_args.dataset}` (the cache): use a validation split disjoint from the training images."
-        )
-
-
 @torch.no_grad()
 def search(trainer, datasets, data_args, finetuning_args) -> dict[str, float]:
     """Grid search of beta and alpha on the validation split (never the test split), for the task's main metric
     (classification accuracy, image-to-text Recall@1): the task poses the problem (``Task.head_scores``)."""
-    check_disjoint(datasets.train, datasets.val, data_args)
+    check_disjoint(datasets.train, datasets.val, data_args, "the cache")
     model = trainer.model
-    model.eval()
-    features, labels = [], []
-    for batch in trainer.get_eval_dataloader(datasets.val):
-        batch = trainer._prepare_inputs(batch)
-        with trainer.autocast_smart_context_manager():
-            image = model.image_features(batch["pixel_values"]).float()
-        features.append(trainer.accelerator.gather_for_metrics(image))
-        if "labels" in batch:
-            labels.append(trainer.accelerator.gather_for_metrics(batch["labels"]))
-    features = torch.cat(features)
+    features, labels = eval_features(trainer, datasets.val)
     head = model.head
-    problem = model.task.head_scores(
-        model, features, torch.cat(labels) if labels else None, datasets.val, head.values.float()
-    )
+    problem = model.task.head_scores(model, features, labels, datasets.val, head.values.float())
     betas, alphas = tip_search_grid(finetuning_args.tip_search_scale, finetuning_args.tip_search_step)
     alpha, beta, metric = search_alpha_beta(problem, features @ head.keys.float().t(), betas, alphas)
     head.alpha, head.beta = alpha, beta

@@ -13,7 +13,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .cache import check_tensors, header_mismatch, read_tensors, write_tensors
+from ..tensor_file import check_tensors, header_mismatch, read_tensors, write_tensors
 
 
 SHARED_FILE = "tip_shared_cache.safetensors"
