@@ -50,6 +50,8 @@ I2T = [
         ("wise_ft.yaml", [*CLASSIFICATION, "wise_ft_alphas=[0.0,1.0]"]),
         ("flyp.yaml", CLASSIFICATION),
         ("coop.yaml", CLASSIFICATION),
+        ("linear_probe.yaml", [*CLASSIFICATION, "probe_epochs=20"]),
+        ("lp_ft.yaml", [*CLASSIFICATION, "probe_epochs=20"]),
         ("i2t_large_batch.yaml", ["max_samples=32", "per_device_train_batch_size=4"]),
     ],
 )
@@ -64,6 +66,8 @@ def test_examples_run_with_the_tiny_checkpoint(tmp_path, example, extra):
     )
     if example == "tip.yaml":  # training-free: no step, so no loss log; the cache is the result
         assert (tmp_path / "tip_cache.safetensors").is_file() and "tip_alpha" in results
+    elif example == "linear_probe.yaml":  # no step either: the head is the result
+        assert (tmp_path / "probe_head.safetensors").is_file() and "probe_val_accuracy" in results
     else:
         assert (tmp_path / "trainer_log.jsonl").is_file()
     if example == "abs.yaml":

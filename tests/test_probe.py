@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from transformers import CLIPModel
 
 from llamafactory.clip_finetune.methods import saved_run
-from llamafactory.clip_finetune.methods.probe.head import HEAD_FILE
+from llamafactory.clip_finetune.methods.probe.head import HEAD_FILE, LinearHead, save_head
 from llamafactory.clip_finetune.methods.probe.solvers import C_GRID, fit_logistic, fit_lpp, search_c
 from llamafactory.clip_finetune.train.arguments import check_clip_args
 
@@ -229,3 +229,15 @@ def test_lp_ft_starts_from_the_probe_and_trains_head_and_backbone(tmp_path):
     eval_args = base_args(again, model_name_or_path=str(out), do_train=False, image_size=32)
     run_exp(eval_args)
     assert read_json(again / "all_results.json")["eval_accuracy"] == results["eval_accuracy"]
+
+
+def test_a_cut_or_crafted_head_file_is_refused_naming_it(tmp_path):
+    fit = fit_logistic(*blobs(classes=3), 3, 1.0)
+    header = {"method": "linear_probe", "checkpoint": "x", "classnames": ["a", "b"], "feature_dim": 8}
+    save_head(LinearHead(fit), str(tmp_path), {**header, "probe_type": "logistic"})  # 3 rows, 2 classes named
+    with pytest.raises(ValueError, match=r"probe_head.safetensors is damaged or not a linear probe's head .*`weight`"):
+        saved_run(str(tmp_path))
+    path = tmp_path / HEAD_FILE
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="probe_head.safetensors is damaged"):
+        saved_run(str(tmp_path))

@@ -92,6 +92,23 @@ CLIP_LOCALES: dict[str, dict[str, dict[str, str]]] = {
     "clip_coop_kg_weight": _entry(
         "KgCoOp weight", "KgCoOp 权重", "0: plain CoOp; the paper uses 8.", "0 为原始 CoOp；论文使用 8。"
     ),
+    "clip_probe_type": _entry(
+        "Probe",
+        "线性探针",
+        "lpp: LP++; logistic: CoOp's lpclip; zero_shot: logistic started at the zero-shot classifier.",
+        "lpp：LP++；logistic：CoOp 的 lpclip；zero_shot：从零样本分类器出发的 logistic。",
+    ),
+    "clip_probe_c": _entry(
+        "Regularization C", "正则化系数 C", "Blank: searched on the validation split.", "留空：在验证集上搜索。"
+    ),
+    "clip_probe_epochs": _entry("LP++ epochs", "LP++ 轮数"),
+    "clip_probe_views": _entry("Augmented views", "增强视图数"),
+    "clip_lp_ft": _entry(
+        "LP-FT (probe first)",
+        "LP-FT（先线性探针）",
+        "Fit the LP++ probe, then finetune from it.",
+        "先拟合 LP++ 探针，再从它开始微调。",
+    ),
     "clip_train_batch_size": _entry("Train batch size", "训练批大小"),
     "clip_eval_batch_size": _entry("Eval batch size", "评估批大小"),
     "clip_learning_rate": _entry("Learning rate", "学习率"),

@@ -78,14 +78,24 @@ GROUPS = {
     ],
     "lora": ["lora_rank", "lora_alpha", "lora_dropout", "lora_target"],
     "coop": ["coop_n_ctx", "coop_ctx_init", "coop_class_specific", "coop_class_token_position", "coop_kg_weight"],
+    "linear_probe": ["probe_type", "probe_c", "probe_epochs", "probe_views"],
+    "lp_ft": ["lp_ft"],
 }
-# method -> its option groups: its own group (when the form has one), and ABS's where ABS may run on top
+# method -> its option groups: its own group, a method's group whose keys it reads too (clip_lora: lora's), ABS's
+# where ABS may run on top, LP-FT's where it may (a change of existing weights)
 METHOD_GROUPS = {
-    name: [group for group in (name,) if group in GROUPS] + (["abs"] if method.selectable else [])
+    name: [
+        group
+        for group, keys in GROUPS.items()
+        if group == name
+        or (group in METHOD_REGISTRY and set(keys) <= set(method.own_keys))
+        or (group == "abs" and method.selectable)
+        or (group == "lp_ft" and method.weight_delta)
+    ]
     for name, method in METHOD_REGISTRY.items()
 }
 # blank or 0 means the stage's default: field -> Number precision
-BLANK_NUMBERS = {"clip_abs_warmup_epochs": None, "clip_lora_alpha": 0, "clip_coop_n_ctx": 0}
+BLANK_NUMBERS = {"clip_abs_warmup_epochs": None, "clip_lora_alpha": 0, "clip_coop_n_ctx": 0, "clip_probe_c": None}
 LIST_KEYS = {"bias_terms", "bias_terms_exclude"}  # comma-separated in the form, lists for the stage
 NUMBER_TEXT = ["clip_learning_rate", "clip_num_train_epochs"]  # free text in the form, numbers for the stage
 OTHER_FIELDS = ["clip_compute_type", "clip_extra_args"]
@@ -130,6 +140,11 @@ DEFAULTS: dict[str, Any] = {
     "clip_coop_class_specific": False,
     "clip_coop_class_token_position": "end",
     "clip_coop_kg_weight": 0.0,
+    "clip_probe_type": "lpp",
+    "clip_probe_c": None,  # blank: searched on the validation split
+    "clip_probe_epochs": 300,
+    "clip_probe_views": 1,
+    "clip_lp_ft": False,
     "clip_train_batch_size": 32,
     "clip_eval_batch_size": 100,
     "clip_learning_rate": "2e-5",
@@ -150,6 +165,7 @@ CHOICES = {
     "clip_compute_type": PRECISIONS,
     "clip_adapter_target": ADAPTER_TARGETS,
     "clip_coop_class_token_position": choices(ClipFinetuningArguments, "coop_class_token_position"),
+    "clip_probe_type": choices(ClipFinetuningArguments, "probe_type"),
 }
 CHOICES.update({f: [True, False] for f, v in DEFAULTS.items() if isinstance(v, bool)})
 REQUIRED_TEXT = ["clip_model", "clip_output_dir"]
