@@ -102,7 +102,7 @@ def test_training_free_run_searches_on_validation_saves_and_reloads_the_cache(tm
     results = read_json(first / "all_results.json")
     assert {"tip_alpha", "tip_beta", "tip_search_val_accuracy", "eval_accuracy"} <= set(results)
     with safe_open(first / "tip_cache.safetensors", framework="pt") as f:
-        header = json.loads(f.metadata()["tip"])
+        header = json.loads(f.metadata()["header"])
         keys = f.get_tensor("keys")
     assert header["num_shots"] == 2 and header["augment_epoch"] == 2 and len(header["classnames"]) == 10
     assert keys.shape == (20, 32) and torch.allclose(keys.norm(dim=-1), torch.ones(20), atol=1e-5)
@@ -119,7 +119,7 @@ def test_tip_f_learns_the_keys_only(tmp_path):
     run_exp(tip_args(tmp_path, tip_finetune=True, tip_search_best=False, num_train_epochs=2, learning_rate=1e-2))
     with safe_open(tmp_path / "tip_cache.safetensors", framework="pt") as f:
         keys, values = f.get_tensor("keys"), f.get_tensor("values")
-        header = json.loads(f.metadata()["tip"])
+        header = json.loads(f.metadata()["header"])
     assert header["finetuned"] is True
     assert not torch.allclose(keys.norm(dim=-1), torch.ones(len(keys)), atol=1e-6)  # moved off the unit sphere
     assert torch.equal(values.sum(-1), torch.ones(len(values)))  # still one-hot
