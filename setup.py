@@ -66,6 +66,7 @@ setup(
         "llamafactory" + read_constant("llamafactory_clip_hook.py", "COMPATIBLE_RANGE"),
         "gradio",
         "psutil",
+        "optuna>=4",  # hp_search
     ],
     # playwright drives the system's Chromium in the web UI test (no browser download)
     extras_require={

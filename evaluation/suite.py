@@ -3,13 +3,14 @@
     python evaluation/suite.py evaluation/grids/tiny.yaml            # run (resumable: finished cells are skipped)
     python evaluation/suite.py evaluation/grids/coop_vit_b16.yaml --dry-run   # print the plan only
 
-A grid yaml names ``protocol`` (``fewshot``, ``base_to_new`` or ``retrieval``), ``model``, ``output_dir``, ``base``
-(stage keys of every cell), ``datasets`` (name -> stage keys: dataset / val_dataset / eval_dataset, or ``coop_root``
-for CoOp's data folder), ``methods`` (name -> stage keys), ``shots`` and ``seeds``. Each cell runs in its own output
-folder with its arguments in ``cell.yaml``; ``cell.json`` records the outcome, so a killed suite resumes where it
-stopped, and a failed cell is reported and skipped. Results: ``results.csv`` (every cell and metric),
-``table.md`` (mean ± std over seeds, with published reference numbers beside the measured ones when the grid is the
-CoOp protocol on ViT-B/16) and ``accuracy_vs_shots.png``.
+A grid yaml names ``protocol`` (``fewshot``, ``base_to_new``, ``domain_shift`` or ``retrieval``), ``model``,
+``output_dir``, ``base`` (stage keys of every cell), ``datasets`` (name -> stage keys: dataset / val_dataset /
+eval_dataset, or ``coop_root`` for CoOp's data folder; ``domain_shift`` adds ``targets``, the shifted test sets each
+trained model is also evaluated on), ``methods`` (name -> stage keys), ``shots`` and ``seeds``. Each cell runs in its
+own output folder with its arguments in ``cell.yaml``; ``cell.json`` records the outcome, so a killed suite resumes
+where it stopped, and a failed cell is reported and skipped. Results: ``results.csv`` (every cell and metric, wall
+time, trainable parameters, peak GPU memory), ``table.md`` (mean ± std over seeds, with published reference numbers
+beside the measured ones when the grid is the CoOp protocol on ViT-B/16) and ``accuracy_vs_shots.png``.
 """
 
 import argparse
@@ -24,10 +25,11 @@ import time
 from pathlib import Path
 
 import yaml
+from tqdm import tqdm
 
 
 CLI = str(Path(sys.executable).with_name("llamafactory-cli"))
-MAIN_METRIC = {"fewshot": "accuracy", "base_to_new": "accuracy", "retrieval": "i2t_r1"}
+MAIN_METRIC = {"fewshot": "accuracy", "base_to_new": "accuracy", "domain_shift": "accuracy", "retrieval": "i2t_r1"}
 # CoOp's data folder: dataset -> (split file under coop_root, image folder under coop_root); ImageNet and
 # FGVCAircraft ship no split_zhou file in CoOp's layout, so they need dataset_info entries of their own
 COOP_DATASETS = {
@@ -43,18 +45,24 @@ COOP_DATASETS = {
     "UCF101": ("ucf101/split_zhou_UCF101.json", "ucf101/UCF-101-midframes"),
     "ImageNet": (None, None),
 }
-# Published few-shot accuracy (%), ViT-B/16, average over the 11 CoOp datasets, 3 seeds: the CLIP-LoRA paper's
-# Table 1 (Zanella and Ben Ayed, CVPRW 2024), as collected in HealthX-Lab/CLIP-SVD's README.
-PUBLISHED = {
-    ("zero_shot", 0): 65.4,
-    ("coop", 16): 79.0,
-    ("adapter", 16): 79.9,
-    ("tip_f", 16): 81.2,
-    ("tip_f", 1): 70.6,
-    ("lp_pp", 16): 80.3,
-    ("maple", 16): 81.8,
-    ("clip_lora", 16): 82.9,
-    ("clip_lora", 1): 72.2,
+# Published few-shot accuracy (%), ViT-B/16, average over the 11 CoOp datasets, 3 seeds, at 1/2/4/8/16 shots: the
+# CLIP-LoRA paper's Table 1 (Zanella and Ben Ayed, CVPRW 2024) as collected in HealthX-Lab/CLIP-SVD's README; keyed by
+# the method names of evaluation/grids/coop_vit_b16.yaml.
+SHOTS = (1, 2, 4, 8, 16)
+PUBLISHED = {("zero_shot", 0): 65.4} | {
+    (method, k): value
+    for method, values in {
+        "coop": (68.1, 70.1, 73.6, 76.5, 79.0),
+        "kgcoop": (69.5, 71.6, 74.5, 75.8, 77.3),
+        "maple": (69.3, 72.6, 75.4, 78.9, 81.8),
+        "linear_probe": (45.8, 56.9, 66.8, 73.4, 78.4),
+        "lp_pp": (70.4, 72.9, 75.8, 77.9, 80.3),
+        "adapter": (67.9, 70.2, 72.7, 76.9, 79.9),
+        "tip": (68.9, 70.4, 72.7, 74.4, 76.4),
+        "tip_f": (70.6, 73.1, 75.8, 78.5, 81.2),
+        "clip_lora": (72.2, 75.4, 77.3, 80.1, 82.9),
+    }.items()
+    for k, value in zip(SHOTS, values, strict=True)
 }
 
 
@@ -108,7 +116,7 @@ def cells(grid: dict) -> list[dict]:
                 for seed in seeds if trains else [seeds[0]]:
                     folder = os.path.join(grid["output_dir"], "cells", method, dataset, f"{k or 0}shot", f"seed{seed}")
                     args = {"stage": "clip", "model_name_or_path": grid["model"], **(grid.get("base") or {})}
-                    args.update(data_keys or {})
+                    args.update({k: v for k, v in (data_keys or {}).items() if k != "targets"})
                     args.update(keys)
                     args.update(seed=seed, output_dir=folder, overwrite_output_dir=True, do_eval=True)
                     args.setdefault("do_train", True)
@@ -120,7 +128,10 @@ def cells(grid: dict) -> list[dict]:
                         args["dataset_dir"] = os.path.join(grid["output_dir"], "data")
                     if not args["do_train"]:
                         args.pop("dataset", None)
-                    out.append({"method": method, "dataset": dataset, "shots": k or 0, "seed": seed, "args": args})
+                    cell = {"method": method, "dataset": dataset, "shots": k or 0, "seed": seed, "args": args}
+                    if protocol == "domain_shift":
+                        cell["targets"] = list((data_keys or {}).get("targets") or [])
+                    out.append(cell)
     return out
 
 
@@ -138,17 +149,31 @@ def _trainable(log: str) -> int | None:
     return int(found[-1].replace(",", "")) if found else None
 
 
-def stage_run(args: dict, config: str) -> tuple[str, dict | None]:
-    """``llamafactory-cli train`` on ``args`` (written to ``config``): its output, and its eval_* metrics without
-    the prefix (None when it failed)."""
+def stage_run(args: dict, config: str) -> tuple[str, dict | None, float | None]:
+    """``llamafactory-cli train`` on ``args`` (written to ``config``): its output, its eval_* metrics without the
+    prefix (None when it failed), and the peak GPU memory it reported (GiB; None on CPU)."""
     with open(config, "w", encoding="utf-8") as f:
         yaml.safe_dump(args, f)
     done = subprocess.run([CLI, "train", config], capture_output=True, text=True)
     log = done.stdout + done.stderr
     if done.returncode != 0:
-        return log, None
+        return log, None, None
     with open(os.path.join(args["output_dir"], "all_results.json"), encoding="utf-8") as f:
-        return log, {k[len("eval_") :]: v for k, v in json.load(f).items() if k.startswith("eval_")}
+        results = json.load(f)
+    metrics = {k[len("eval_") :]: v for k, v in results.items() if k.startswith("eval_")}
+    return log, metrics, results.get("train_peak_gpu_memory_gib")
+
+
+def evaluate_on(cell: dict, folder: str, name: str, key: str, extra: dict) -> tuple[str, dict | None]:
+    """The cell's trained model (or the base model, for a zero-shot cell) evaluated on ``name`` without training."""
+    args = {**cell["args"], "eval_dataset": name, "do_train": False, **extra}
+    args["output_dir"] = os.path.join(folder, key)
+    if cell["args"]["do_train"]:
+        args["model_name_or_path"] = folder
+    for unused in ("dataset", "num_shots", "val_dataset"):
+        args.pop(unused, None)
+    log, metrics, _ = stage_run(args, os.path.join(folder, f"{key}.yaml"))
+    return log, metrics
 
 
 def last_line(log: str) -> str:
@@ -156,27 +181,32 @@ def last_line(log: str) -> str:
 
 
 def run_cell(cell: dict, protocol: str) -> dict:
-    """One cell through ``llamafactory-cli train``; base-to-new adds an evaluation of the new classes."""
+    """One cell through ``llamafactory-cli train``; base-to-new adds an evaluation of the new classes, domain shift
+    one per target test set."""
     folder = cell["args"]["output_dir"]
     os.makedirs(folder, exist_ok=True)
     start = time.perf_counter()
-    log, metrics = stage_run(cell["args"], os.path.join(folder, "cell.yaml"))
-    record = {"args": cell["args"], "wall_s": round(time.perf_counter() - start, 1), "trainable": _trainable(log)}
+    log, metrics, peak = stage_run(cell["args"], os.path.join(folder, "cell.yaml"))
+    record = {"args": cell["args"], "trainable": _trainable(log), "peak_gpu_gib": peak}
     if metrics is None:
-        return {**record, "status": "failed", "error": last_line(log)}
+        return {**record, "wall_s": round(time.perf_counter() - start, 1), "status": "failed", "error": last_line(log)}
     if protocol == "base_to_new":
-        new_args = {**cell["args"], "subsample_classes": "new", "do_train": False}
-        new_args.update(output_dir=os.path.join(folder, "new"))
-        if cell["args"]["do_train"]:
-            new_args["model_name_or_path"] = folder
-        new_args.pop("dataset", None)
-        new_args.pop("num_shots", None)
-        log, new = stage_run(new_args, os.path.join(folder, "new.yaml"))
+        log, new = evaluate_on(cell, folder, cell["args"]["eval_dataset"], "new", {"subsample_classes": "new"})
         if new is None:
             return {**record, "status": "failed", "error": "new classes: " + last_line(log)}
         base, new = metrics["accuracy"], new["accuracy"]
         metrics = {"base": base, "new": new, "hm": 2 * base * new / (base + new) if base + new else 0.0}
-    return {**record, "status": "done", "metrics": metrics}
+    if protocol == "domain_shift":
+        shifted = {"source": metrics["accuracy"]}
+        for target in cell["targets"]:
+            log, found = evaluate_on(cell, folder, target, f"target_{target}", {})
+            if found is None:
+                return {**record, "status": "failed", "error": f"target {target}: " + last_line(log)}
+            shifted[target] = found["accuracy"]
+        if cell["targets"]:
+            shifted["target_average"] = statistics.mean(shifted[t] for t in cell["targets"])
+        metrics = shifted
+    return {**record, "wall_s": round(time.perf_counter() - start, 1), "status": "done", "metrics": metrics}
 
 
 def summarize(grid: dict, records: list[dict]) -> str:
@@ -184,6 +214,9 @@ def summarize(grid: dict, records: list[dict]) -> str:
     average; base-to-new reports base, new and HM."""
     protocol = grid["protocol"]
     keys = ["base", "new", "hm"] if protocol == "base_to_new" else [MAIN_METRIC[protocol]]
+    if protocol == "domain_shift":  # source, each target test set, and the targets' average
+        targets = [t for data in grid["datasets"].values() for t in (data or {}).get("targets") or []]
+        keys = ["source", *dict.fromkeys(targets)] + (["target_average"] if targets else [])
     datasets = list(grid["datasets"])
     lines = []
     for key in keys:
@@ -198,7 +231,9 @@ def summarize(grid: dict, records: list[dict]) -> str:
                 values = [
                     100 * r["metrics"][key]
                     for r in records
-                    if (r["method"], r["shots"], r["dataset"]) == (method, shots, dataset) and r["status"] == "done"
+                    if (r["method"], r["shots"], r["dataset"]) == (method, shots, dataset)
+                    and r["status"] == "done"
+                    and key in r["metrics"]
                 ]
                 if values:
                     std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -232,11 +267,13 @@ def write_outputs(grid: dict, records: list[dict]) -> None:
     main = MAIN_METRIC[grid["protocol"]]
     with open(os.path.join(out, "results.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["method", "dataset", "shots", "seed", "metric", "value", "wall_s", "trainable", "status"])
+        writer.writerow(
+            ["method", "dataset", "shots", "seed", "metric", "value", "wall_s", "trainable", "peak_gpu_gib", "status"]
+        )
         for r in records:
             for metric, value in (r.get("metrics") or {"": ""}).items():
                 row = [r["method"], r["dataset"], r["shots"], r["seed"], metric, value, r.get("wall_s")]
-                writer.writerow(row + [r.get("trainable"), r["status"]])
+                writer.writerow(row + [r.get("trainable"), r.get("peak_gpu_gib"), r["status"]])
     with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
         f.write(summarize(grid, records))
     if grid["protocol"] == "fewshot":
@@ -286,20 +323,21 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(grid["output_dir"], "data", "dataset_info.json"), "w", encoding="utf-8") as f:
             json.dump(coop_entries(grid["coop_root"]), f, indent=2)
     records = []
-    for i, cell in enumerate(plan, 1):
+    bar = tqdm(total=len(todo), unit="cell", desc="suite", file=sys.stdout, disable=not todo)
+    for cell in plan:
         path = os.path.join(cell["args"]["output_dir"], "cell.json")
         if cell in todo:
-            print(
-                f"[{i}/{len(plan)}] {cell['method']} / {cell['dataset']} / {cell['shots']} shots / seed {cell['seed']}"
-            )
+            bar.set_postfix_str(f"{cell['method']} / {cell['dataset']} / {cell['shots']} shots / seed {cell['seed']}")
             record = run_cell(cell, grid["protocol"])
             with open(path + ".tmp", "w", encoding="utf-8") as f:
                 json.dump(record, f, indent=2)
             os.replace(path + ".tmp", path)  # a cell is finished only once its record is whole
             if record["status"] != "done":
-                print(f"    failed: {record['error']}")
+                bar.write(f"failed: {cell['method']} / {cell['dataset']} / seed {cell['seed']}: {record['error']}")
+            bar.update()
         with open(path, encoding="utf-8") as f:
             records.append({**json.load(f), **{k: cell[k] for k in ("method", "dataset", "shots", "seed")}})
+    bar.close()
     write_outputs(grid, records)
     failed = sum(r["status"] != "done" for r in records)
     print(f"{len(records) - failed} cells done, {failed} failed; {grid['output_dir']}/table.md, results.csv.")

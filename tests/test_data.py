@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ from conftest import DATA_DIR, TINY_CLIP
 from transformers import CLIPProcessor
 
 from llamafactory.clip_finetune.data import load_clip_datasets
+from llamafactory.clip_finetune.data.dataset_info import get_dataset_attrs
 from llamafactory.clip_finetune.data.fewshot import sample_per_class
+from llamafactory.clip_finetune.data.readers import read_samples
 from llamafactory.clip_finetune.hparams import ClipDataArguments
 from llamafactory.clip_finetune.model import TextTokenizer
 
@@ -228,3 +231,32 @@ def test_max_samples_is_a_seeded_random_subset_across_classes(processor):
     b = load_clip_datasets(args, "classification", 0, processor.image_processor, TextTokenizer(processor.tokenizer))
     assert len(a.train) == 100 and len(a.train.labels.unique()) == 10  # the folder is sorted by class
     assert a.train.samples.images == b.train.samples.images
+
+
+def _imagenet_like(root, folders, png):
+    for folder in folders:
+        (root / folder).mkdir(parents=True)
+        shutil.copy(png, root / folder / "a.png")
+    (root / "README.txt").write_text("not a class")  # ImageNet-A ships one
+
+
+def test_imagenet_shift_folders_read_through_a_class_map(tmp_path):
+    """ImageNet-V2 (folders by position, 0..11 sort as text differently), -A/-R (a subset of WordNet-id folders) and
+    -Sketch (all of them) give the map's label order and names, as CoOp's readers do."""
+    png = next((DATA_DIR / "fashion_mnist" / "test").rglob("*.png"))
+    wnids = [f"n{index:08d}" for index in range(12)]
+    (tmp_path / "classnames.txt").write_text("".join(f"{w} class number {i}\n" for i, w in enumerate(wnids)))
+    _imagenet_like(tmp_path / "v2", [str(i) for i in range(12)], png)
+    _imagenet_like(tmp_path / "a", [wnids[7], wnids[2], wnids[11]], png)
+    _imagenet_like(tmp_path / "bad", [wnids[0], "n99"], png)
+    info = {name: {"file_name": name, "class_map": "classnames.txt"} for name in ("v2", "a", "bad")}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    v2 = read_samples(get_dataset_attrs(["v2"], str(tmp_path), "classification")[0])
+    assert v2.classnames == [f"class number {i}" for i in range(12)]
+    assert [v2.classnames[label] for label in v2.labels] == [f"class number {i}" for i in range(12)]
+    assert all(f"/v2/{i}/" in path for i, path in enumerate(v2.images))
+    subset = read_samples(get_dataset_attrs(["a"], str(tmp_path), "classification")[0])
+    assert subset.classnames == ["class number 2", "class number 7", "class number 11"]
+    assert [f"/{wnids[i]}/" in p for i, p in zip((2, 7, 11), subset.images, strict=True)] == [True] * 3
+    with pytest.raises(ValueError, match="class folder `n99` .* neither a key of its class_map nor a class position"):
+        read_samples(get_dataset_attrs(["bad"], str(tmp_path), "classification")[0])

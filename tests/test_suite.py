@@ -96,3 +96,22 @@ def test_base_to_new_reports_base_new_and_harmonic_mean(tmp_path):
     assert record["hm"] == 2 * base * new / (base + new)
     table = (tmp_path / "out" / "table.md").read_text()
     assert "### base" in table and "### new" in table and "### hm" in table
+
+
+@pytest.mark.slow
+def test_domain_shift_reports_the_source_and_every_target(tmp_path):
+    methods = {"zero_shot": {"do_train": False}, "full": {"learning_rate": 3e-4}}
+    grid = make_grid(tmp_path, "domain_shift", methods, [2], [1])
+    grid["datasets"] = {"fashion_mnist": {**DATASETS["fashion_mnist"], "targets": ["fashion_mnist_val"]}}
+    done = suite(grid, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "2/2" in done.stdout  # the progress bar over the cells
+    folder = tmp_path / "out/cells/full/fashion_mnist/2shot/seed1"
+    record = json.loads((folder / "cell.json").read_text())["metrics"]
+    target = json.loads((folder / "target_fashion_mnist_val" / "all_results.json").read_text())
+    assert record["fashion_mnist_val"] == target["eval_accuracy"] == record["target_average"]
+    assert "source" in record and "targets" not in json.loads((folder / "cell.json").read_text())["args"]
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "### source" in table and "### fashion_mnist_val" in table and "### target_average" in table
+    rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    assert "peak_gpu_gib" in rows[0]  # empty on CPU

@@ -71,6 +71,8 @@ def test_datasets_listed_are_the_ones_the_task_can_read(tmp_path):
             {"coop_ctx_init": "a photo of a", "coop_class_token_position": "end", "coop_kg_weight": 0.0},
             ["coop_n_ctx", "abs", "lora_rank"],  # a blank context length: the phrase's
         ),
+        ("clip_lora", {"lora_rank": 8, "lp_ft": False}, ["abs", "probe_type"]),  # reads lora's keys
+        ("linear_probe", {"probe_type": "lpp", "probe_epochs": 300}, ["probe_c", "lp_ft", "abs", "lora_rank"]),
     ],
 )
 def test_only_the_chosen_methods_options_reach_the_arguments(tmp_path, method, present, absent):
@@ -80,6 +82,17 @@ def test_only_the_chosen_methods_options_reach_the_arguments(tmp_path, method, p
     assert not set(absent) & set(args)
     assert args["learning_rate"] == 2e-5 and args["num_train_epochs"] == 10.0 and args["num_shots"] == 16
     validate(args, "en")  # every method's defaults pass the stage's own checks
+
+
+def test_a_search_given_in_the_extra_arguments_reaches_the_stage_checked(tmp_path):
+    search = {"space": {"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}}, "n_trials": 4}
+    extra = json.dumps({"val_dataset": "fashion_mnist_val", "hp_search": search})
+    args = build_args(form(tmp_path, clip_extra_args=extra))
+    assert args["hp_search"] == search
+    validate(args, "en")
+    bad = json.dumps({"val_dataset": "fashion_mnist_test", "hp_search": search})
+    with pytest.raises(FormError, match="would choose on the test split"):
+        validate(build_args(form(tmp_path, clip_extra_args=bad)), "en")
 
 
 def test_form_details_precision_shots_extra_and_dassl_config(tmp_path):

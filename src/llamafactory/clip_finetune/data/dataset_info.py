@@ -18,6 +18,7 @@ ENTRY_KEYS = {
     "columns",
     "classnames",
     "templates",
+    "class_map",
 }
 DEFAULT_COLUMNS = {"image": "image", "label": "label", "captions": "captions"}
 
@@ -34,6 +35,9 @@ class DatasetAttr:
     columns: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_COLUMNS))
     classnames: list[str] | None = None
     templates: Any = None
+    # folder key -> class name, in the label order of the full class set (CoOp's ImageNet classnames.txt: wnid and
+    # name per line); class folders named by key (ImageNet-Sketch/-A/-R) or by position (ImageNet-V2's 0..999)
+    class_map: list[tuple[str, str]] | None = None
 
     @property
     def where(self) -> str:
@@ -71,6 +75,33 @@ def _read_classnames(value: Any, dataset_dir: str, name: str) -> list[str] | Non
             f"dataset `{name}`: {where} lists {repeated} more than once; each class once, in label order."
         )
     return list(names)
+
+
+def _read_class_map(value: Any, dataset_dir: str, name: str, formatting: str) -> list[tuple[str, str]] | None:
+    """A text file of ``<folder key> <class name>`` lines (CoOp's ImageNet ``classnames.txt``)."""
+    if value is None:
+        return None
+    if formatting != "imagefolder":
+        raise ValueError(f"dataset `{name}`: class_map names class folders; it applies to imagefolder datasets.")
+    path = os.path.join(dataset_dir, value) if isinstance(value, str) else None
+    if path is None or not os.path.isfile(path):
+        raise ValueError(f"dataset `{name}`: class_map `{value}` is not a file under {dataset_dir}.")
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            key, _, classname = line.strip().partition(" ")
+            if not classname.strip():
+                raise ValueError(
+                    f"dataset `{name}`: class_map `{path}` line {number} has no class name after `{key}`."
+                )
+            pairs.append((key, classname.strip()))
+    keys = [key for key, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if not pairs or repeated:
+        raise ValueError(f"dataset `{name}`: class_map `{path}` is empty or repeats keys {repeated[:5]}.")
+    return pairs
 
 
 def read_dataset_info(dataset_dir: str) -> dict[str, dict[str, Any]]:
@@ -118,6 +149,7 @@ def get_dataset_attr(name: str, dataset_dir: str, info: dict[str, dict[str, Any]
         columns={**DEFAULT_COLUMNS, **entry.get("columns", {})},
         classnames=_read_classnames(entry.get("classnames"), dataset_dir, name),
         templates=entry.get("templates"),
+        class_map=_read_class_map(entry.get("class_map"), dataset_dir, name, formatting),
     )
 
 

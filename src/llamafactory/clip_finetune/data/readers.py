@@ -72,11 +72,37 @@ def _folder_classnames(folders: list[str], attr: DatasetAttr) -> list[str]:
     return list(seen)
 
 
+def _mapped_folders(folders: list[str], attr: DatasetAttr) -> tuple[list[str], list[str]]:
+    """With a ``class_map``: the folders in the map's label order and their class names. A folder is a key of the
+    map (a WordNet id) or a position in it (ImageNet-V2's folders 0..999); a subset of the classes (ImageNet-A/-R's
+    200) keeps the map's order."""
+    index = {key: i for i, (key, _) in enumerate(attr.class_map)}
+
+    def position(folder: str) -> int:
+        if folder in index:
+            return index[folder]
+        if folder.isdigit() and int(folder) < len(index):
+            return int(folder)
+        raise ValueError(
+            f"{attr.where}: class folder `{folder}` in {attr.path} is neither a key of its class_map nor a class "
+            f"position below {len(index)}."
+        )
+
+    ordered = sorted(folders, key=position)
+    positions = [position(folder) for folder in ordered]
+    if len(set(positions)) != len(positions):
+        raise ValueError(f"{attr.where}: two class folders in {attr.path} name the same class of its class_map.")
+    return ordered, [attr.class_map[p][1] for p in positions]
+
+
 def read_imagefolder(attr: DatasetAttr) -> ClassificationSamples:
     folders = sorted(entry.name for entry in os.scandir(attr.path) if entry.is_dir())
     if not folders:
         raise ValueError(f"{attr.where}: `{attr.path}` has no class folders (expected one folder per class).")
-    classnames = attr.classnames or _folder_classnames(folders, attr)
+    mapped = None
+    if attr.class_map is not None:
+        folders, mapped = _mapped_folders(folders, attr)
+    classnames = attr.classnames or mapped or _folder_classnames(folders, attr)
     if len(classnames) != len(folders):
         raise ValueError(
             f"{attr.where}: {len(classnames)} classnames for {len(folders)} class folders in {attr.path}."

@@ -165,6 +165,14 @@ class ClipFinetuningArguments(ClipOptimArguments):
             "method's weights and the head together from it. classification; full, bias, lora, clip_lora."
         },
     )
+    hp_search: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Hyper-parameter search with Optuna on val_dataset: {space: {key: {low, high, log} or {choices}}, "
+            "n_trials, timeout, seed, pruner: median|none, retrain}; then the best trial's keys are retrained and "
+            "evaluated once on eval_dataset. See docs/hp_search.md."
+        },
+    )
     abs: bool = field(default=False, metadata={"help": "Angle-Based Selection of the layers that keep training."})
     abs_top: bool = field(default=True, metadata={"help": "Keep the largest angles (false: the smallest)."})
     abs_group: bool = field(default=True, metadata={"help": "Keep abs_keep units per name group (false: overall)."})
@@ -180,9 +188,7 @@ class ClipFinetuningArguments(ClipOptimArguments):
 
     def __post_init__(self):
         if self.warmup_epochs and not self.epoch_lr_schedule:
-            raise ValueError(
-                "warmup_epochs belongs to epoch_lr_schedule: true (else use warmup_steps / warmup_ratio)."
-            )
+            raise ValueError("warmup_epochs belongs to epoch_lr_schedule: true (else use warmup_steps).")
         if self.feature_cache_views < 1:
             raise ValueError(f"feature_cache_views must be at least 1, got {self.feature_cache_views}.")
         if self.abs_keep < 1:

@@ -26,8 +26,9 @@ LOCK_FILE = ".clip_run.lock"
 # what LLaMA Board and the CLIP tab write into output_dir before the run starts (besides the arguments' yaml), and
 # trainer_log.jsonl, which alone, without model files, is the trace of a run that stopped before saving
 LAUNCHER_FILES = {"running_log.txt", "trainer_log.jsonl"}  # LLaMA-Factory's logs of a run
-# the stage's own bookkeeping: its lock files and the temporary files of its atomic writes (``*.tmp``)
-OWN_FILES = re.compile(r"^(\.clip_run\.lock|\.tensors\.lock|.*\.tmp)$")
+# the stage's own bookkeeping: its lock files, the temporary files of its atomic writes (``*.tmp``), and a
+# hyper-parameter search's folder (its trials and study; the final model is retrained beside it)
+OWN_FILES = re.compile(r"^(\.clip_run\.lock|\.tensors\.lock|.*\.tmp|hp_search)$")
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 # Trainer keys that change what a run computes; the stage's own dataclasses count in full, minus these

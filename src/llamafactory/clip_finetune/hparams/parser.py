@@ -78,7 +78,7 @@ MAX_INT = 2**53  # past this an integer setting is a typo, and JSON (the web UI)
 SCALARS = (bool, int, float, str)
 
 
-def _field_types() -> dict[str, Any]:
+def field_types() -> dict[str, Any]:
     hints: dict[str, Any] = {}
     for cls in CLIP_ARGS:
         hints.update(get_type_hints(cls))
@@ -120,7 +120,7 @@ def _scalar(key: str, kind: type, value: Any) -> Any:
 def check_types(args: dict[str, Any]) -> dict[str, Any]:
     """``parse_dict`` takes values as they are; check (and read) them against each field's type, as argparse does
     for command-line flags, so `learning_rate: "abc"` stops here naming the key instead of inside the optimizer."""
-    hints, checked = _field_types(), {}
+    hints, checked = field_types(), {}
     for key, value in args.items():
         hint = hints.get(key)
         options = (

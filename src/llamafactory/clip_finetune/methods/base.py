@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 from llamafactory.extras import logging
 from llamafactory.extras.ploting import plot_loss
 from torch import nn
@@ -84,6 +85,9 @@ def train(trainer: "Trainer", checkpoint: str | None) -> Any:
 
 
 def report(trainer: "Trainer", metrics: dict[str, float]) -> None:
+    """The run's training metrics (and on a GPU its peak memory, which the evaluation suite tabulates)."""
+    if trainer.args.device.type == "cuda":
+        metrics = {**metrics, "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(trainer.args.device) / 2**30}
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
 

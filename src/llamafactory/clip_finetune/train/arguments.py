@@ -7,8 +7,9 @@ import transformers
 from llamafactory.extras import logging
 
 from ..dassl import with_clip_config
+from ..hparams.hp_search import check_hp_search
 from ..hparams.output_dir import check_output_dir, lock_output_dir
-from ..hparams.parser import ClipArgs, parse_clip_args
+from ..hparams.parser import ClipArgs, field_types, parse_clip_args, valid_keys
 from ..methods import check_method_args, get_method
 from ..tasks import get_task
 
@@ -25,6 +26,7 @@ def check_clip_args(args: dict[str, Any] | list[str]) -> ClipArgs:
     get_method(finetuning_args.finetuning_type).defaults(finetuning_args)
     task.check(data_args, finetuning_args)
     method = check_method_args(parsed, task)
+    check_hp_search(parsed, field_types(), valid_keys())
     check_output_dir(*parsed, method().checkpoint_files(finetuning_args))
     return parsed
 

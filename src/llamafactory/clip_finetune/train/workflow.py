@@ -11,13 +11,16 @@ from llamafactory.extras import logging
 from llamafactory.train.callbacks import LogCallback
 
 from ..data import load_clip_datasets
+from ..hparams.hp_search import check_hp_search
 from ..hparams.output_dir import run_record, write_json_atomic
+from ..hparams.parser import field_types, valid_keys
 from ..methods import Run, get_method, saved_run
 from ..methods.base import log_trainable
 from ..model import ClipTaskModel, TextTokenizer, family_of, load_clip
 from ..tasks import get_task
 from .arguments import get_clip_train_args
 from .callbacks import EpochCallback, FiniteLossCallback
+from .hp_search import run_hp_search
 from .trainer import ClipTrainer
 
 
@@ -107,7 +110,12 @@ def predict(run: Run) -> None:
 
 def run_clip_training_function(config: dict[str, Any]) -> None:
     """Stands in for LLaMA-Factory's ``_training_function`` when ``stage: clip``."""
-    model_args, data_args, training_args, finetuning_args = get_clip_train_args(config.get("args"))
+    parsed = get_clip_train_args(config.get("args"))
+    model_args, data_args, training_args, finetuning_args = parsed
+    if finetuning_args.hp_search is not None:  # trials on the validation split, then the best keys retrained
+        spec = check_hp_search(parsed, field_types(), valid_keys())
+        run_hp_search(config.get("args"), parsed, spec, list(config.get("callbacks") or []))
+        return
     callbacks = list(config.get("callbacks") or []) + [LogCallback()]
     run_clip(model_args, data_args, training_args, finetuning_args, callbacks)
     if dist.is_initialized() and not training_args.use_ray:  # Ray tears its process group down itself
