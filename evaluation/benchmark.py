@@ -3,6 +3,7 @@
     python evaluation/benchmark.py --tiny                  # bundled tiny CLIP on CPU
     python evaluation/benchmark.py --bf16 [--compile]      # ViT-B/16 architecture (random weights) on a GPU
     python evaluation/benchmark.py --bf16 --family siglip2 # SigLIP 2's (or metaclip_2's) ViT-B/16 architecture
+    python evaluation/benchmark.py --from_files [--tiny]   # input pipeline from JPEG files: per item vs decoded once
 
 Both sides read the same in-memory uint8 images (so image decoding is out of the comparison) and normalize on the
 device. The stage side is the real ClipTaskModel + ClipTrainer (HF Trainer); the plain side is a hand-written loop
@@ -456,6 +457,66 @@ def run_tip_shared(opts) -> dict:
     return out
 
 
+def make_files(root: Path, count: int, classes: int) -> Path:
+    """``count`` JPEGs of Caltech-101-like sizes (200-500 px a side, quality 90) in ``classes`` class folders, and a
+    dataset_info.json naming them: what a user's image folder looks like to the stage."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(count):
+        h, w = (int(v) for v in torch.randint(200, 501, (2,), generator=g))
+        y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+        pixels = torch.stack([x, y, (x * y)]) * 180 + 60 * torch.rand(3, h, w, generator=g)
+        folder = root / "images" / f"class_{i % classes:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.clamp(0, 255).byte().permute(1, 2, 0).numpy()).save(folder / f"{i}.jpg", quality=90)
+    (root / "dataset_info.json").write_text(json.dumps({"files": {"file_name": "images"}}))
+    return root
+
+
+def pipeline_rate(dataset, workers: int, batch: int) -> float:
+    """Images per second of one pass of the training transforms over ``dataset`` through a DataLoader."""
+    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, shuffle=False)
+    start = time.perf_counter()
+    count = sum(len(b["pixel_values"]) for b in loader)
+    return count / (time.perf_counter() - start)
+
+
+def run_from_files(opts) -> dict:
+    """The input pipeline from files on this machine's CPU: one epoch decoding every file (``image_cache: none``),
+    the one-time decode into the store, and one epoch from the store (``image_cache: memory``)."""
+    import tempfile
+
+    from llamafactory.clip_finetune.data import load_clip_datasets
+    from llamafactory.clip_finetune.data.image_cache import cache_training_images
+
+    count = opts.files or (512 if opts.tiny else 4128)
+    size = 32 if opts.tiny else 224
+    processor = CLIPProcessor.from_pretrained(TINY)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_files(Path(tmp), count, 102)
+        args = ClipDataArguments(dataset="files", dataset_dir=str(root), image_size=size, crop_scale=[0.08, 1.0])
+        tokenizer = TextTokenizer(processor.tokenizer, family_of(CLIPModel.config_class()))
+        train = load_clip_datasets(args, "classification", 0, processor.image_processor, tokenizer).train
+        per_item = pipeline_rate(train, opts.workers, 64)
+        start = time.perf_counter()
+        cache_training_images(train, ImageSpec.from_processor(processor.image_processor, args), "memory", opts.workers)
+        build = count / (time.perf_counter() - start)
+        cached = pipeline_rate(train, opts.workers, 64)
+    cores = max(opts.workers, 1)
+    return {
+        "files": count,
+        "image_size": size,
+        "loader_workers": opts.workers,
+        "per_item_images_per_s": round(per_item, 1),
+        "per_item_images_per_s_per_core": round(per_item / cores, 1),
+        "decode_once_images_per_s": round(build, 1),
+        "from_store_images_per_s": round(cached, 1),
+        "from_store_images_per_s_per_core": round(cached / cores, 1),
+        "speedup_per_epoch": round(cached / per_item, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="bundled tiny CLIP on CPU")
@@ -494,10 +555,21 @@ def main() -> None:
     parser.add_argument("--tip_cache_size", type=int, default=100, help="--tip_shared: slots of the shared cache")
     parser.add_argument("--tip_alpha", type=float, default=1.0, help="--tip_shared: cache weight")
     parser.add_argument("--tip_beta", type=float, default=1.0, help="--tip_shared: cache sharpness")
+    parser.add_argument(
+        "--from_files",
+        action="store_true",
+        help="only the input pipeline from generated JPEG files: decoded per item vs decoded once (image_cache)",
+    )
+    parser.add_argument("--files", type=int, default=None, help="--from_files: how many (512 --tiny, else 4,128)")
     opts = parser.parse_args()
     if opts.tip_shared:
         torch.set_num_threads(opts.threads)
         print(json.dumps({"device": "cpu", "model": "tiny-clip", **run_tip_shared(opts)}))
+        return
+    if opts.from_files:
+        torch.set_num_threads(opts.threads)
+        opts.workers = opts.workers if opts.workers is not None else 0
+        print(json.dumps({"device": "cpu", "torch": torch.__version__, **run_from_files(opts)}))
         return
     device = torch.device("cpu" if opts.tiny or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu":

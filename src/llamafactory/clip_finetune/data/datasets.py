@@ -26,6 +26,13 @@ class EpochSeeded:
 
     seed = 0
     epoch = 0
+    decoded: list[torch.Tensor] | None = None  # the images decoded once (``image_cache``), else decoded per item
+
+    def image(self, index: int) -> torch.Tensor:
+        """Item ``index``'s transformed image: from the decoded store when there is one, else from its file."""
+        if self.decoded is not None:
+            return self.transform.steps(self.decoded[index])
+        return self.transform(self.samples.images[index], self.samples.origins[index])
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -56,8 +63,7 @@ class ClassificationDataset(EpochSeeded, Dataset):
 
     def __getitem__(self, index: int, epoch: int | None = None) -> dict[str, Any]:
         with self.seeded(index, epoch):
-            image = self.transform(self.samples.images[index], self.samples.origins[index])
-            return {"pixel_values": image, **self.targets(index)}
+            return {"pixel_values": self.image(index), **self.targets(index)}
 
     def targets(self, index: int) -> dict[str, Any]:
         return {"labels": self.labels[index]}
@@ -107,8 +113,7 @@ class CaptionDataset(EpochSeeded, Dataset):
 
     def __getitem__(self, index: int, epoch: int | None = None) -> dict[str, Any]:
         with self.seeded(index, epoch):
-            image = self.transform(self.samples.images[index], self.samples.origins[index])
-            return {"pixel_values": image, **self.targets(index)}
+            return {"pixel_values": self.image(index), **self.targets(index)}
 
     def targets(self, index: int) -> dict[str, Any]:
         if not self.train:

@@ -101,8 +101,11 @@ class ImagePipeline:
     def transforms(self) -> list[v2.Transform]:
         return self.steps.transforms
 
+    def decode(self, image: Any, origin: str) -> torch.Tensor:
+        return decode(image, origin, self.background, self.exif_transpose)
+
     def __call__(self, image: Any, origin: str) -> torch.Tensor:
-        return self.steps(decode(image, origin, self.background, self.exif_transpose))
+        return self.steps(self.decode(image, origin))
 
 
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grayscale PNG/TIFF open as one of these

@@ -65,6 +65,13 @@ class ClipDataArguments:
         metadata={"help": "CoOp base-to-new: base keeps the first half of the classes (rounded up), new the rest."},
     )
     max_samples: int | None = field(default=None, metadata={"help": "Keep at most this many samples per dataset."})
+    image_cache: Literal["auto", "none", "memory"] = field(
+        default="auto",
+        metadata={
+            "help": "Decode each training image once into host memory (shorter side ceil(8/7 x image size)), so "
+            "epochs and cached views only crop and flip. auto: when it takes at most 25% of the available memory."
+        },
+    )
 
     def __post_init__(self):
         if self.predict_top_k < 1:

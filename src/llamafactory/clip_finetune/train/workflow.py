@@ -11,6 +11,7 @@ from llamafactory.extras import logging
 from llamafactory.train.callbacks import LogCallback
 
 from ..data import load_clip_datasets
+from ..data.image_cache import cache_training_images
 from ..hparams.hp_search import check_hp_search
 from ..hparams.output_dir import run_record, write_json_atomic
 from ..hparams.parser import field_types, valid_keys
@@ -56,6 +57,10 @@ def run_clip(
     clip, processor = load_clip(model_args)
     tokenizer = TextTokenizer(processor.tokenizer, family_of(clip.config))
     datasets = load_clip_datasets(data_args, task_class.name, training_args.seed, processor.image_processor, tokenizer)
+    if training_args.do_train:  # every rank holds every training image: its sampler's share changes each epoch
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        workers = training_args.dataloader_num_workers
+        cache_training_images(datasets.train, datasets.spec, data_args.image_cache, workers, processes)
     if training_args.do_train:
         method.see_data(datasets, tokenizer)
         clip = method.prepare(clip, finetuning_args, training_args)

@@ -1,0 +1,122 @@
+"""``image_cache``: the training images decoded once into host memory; epochs and cached views crop and flip them.
+
+The reference is the per-item path (decode the file every time): the same seeded draws give the same crops of a
+slightly smaller picture, so the outputs agree closely, and exactly where no resize was needed."""
+
+import pytest
+import torch
+from conftest import DATA_DIR, base_args, read_json
+from llamafactory.train.tuner import run_exp
+from PIL import Image
+
+import llamafactory.clip_finetune.data.transforms as transforms
+from llamafactory.clip_finetune.data.datasets import ClassificationDataset
+from llamafactory.clip_finetune.data.image_cache import cache_training_images, estimated_bytes, stored_side
+from llamafactory.clip_finetune.data.readers import ClassificationSamples
+from llamafactory.clip_finetune.data.transforms import ImageSpec
+
+
+def spec(transforms_=("random_resized_crop", "random_flip", "normalize"), size=64):
+    return ImageSpec(
+        size=size,
+        interpolation="bicubic",
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+        normalize=True,
+        train_transforms=list(transforms_),
+        crop_scale=(0.5, 1.0),
+    )
+
+
+def photos(tmp_path, count=6):
+    """Real-looking JPEGs larger than the stored size: smooth gradients with texture, 150-260 px."""
+    paths = []
+    g = torch.Generator().manual_seed(0)
+    for i in range(count):
+        h, w = 150 + 20 * i, 260 - 15 * i
+        y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+        rgb = torch.stack([x, y, (x + y) / 2]) * 200 + 30 * torch.rand(3, h, w, generator=g)
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(rgb.clamp(0, 255).byte().permute(1, 2, 0).numpy()).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def dataset(paths, pipeline):
+    samples = ClassificationSamples(paths, [0] * len(paths), ["a"], list(paths))
+    return ClassificationDataset(samples, pipeline, seed=3)
+
+
+def test_the_store_keeps_the_shorter_side_at_eight_sevenths_and_small_images_as_they_are(tmp_path):
+    paths = photos(tmp_path) + [str(next((DATA_DIR / "fashion_mnist" / "test").rglob("*.png")))]  # 28 px
+    data = dataset(paths, spec().train_transform())
+    assert cache_training_images(data, spec(), "memory", workers=0)
+    side = stored_side(64)
+    assert side == 74 and all(min(image.shape[-2:]) == side for image in data.decoded[:-1])
+    assert data.decoded[-1].shape[-2:] == (28, 28) and data.decoded[-1].dtype == torch.uint8
+    first = data.decoded[0]
+    assert abs(first.shape[-1] / first.shape[-2] - 260 / 150) < 0.02  # aspect ratio kept
+    assert estimated_bytes(1000, 224) == int(1000 * 3 * 256 * 256 * 4 / 3)
+
+
+def test_cached_crops_follow_the_same_distribution(tmp_path):
+    """The augmentation distribution: random-resized-crop's boxes relative to the picture (top, left, height, width
+    as fractions) from the stored image follow the file's: the same area and aspect draws (equal per seed up to a
+    pixel's rounding, but for draws on a size boundary), and every parameter's deciles equal over 2,000 seeds."""
+    crop = spec().train_transform().transforms[0]
+    boxes = {}
+    for name, image in (("file", torch.zeros(3, 150, 260, dtype=torch.uint8)), ("stored", torch.zeros(3, 74, 128))):
+        rows = []
+        for seed in range(2000):
+            torch.manual_seed(seed)
+            p = crop.make_params([image])
+            h, w = image.shape[-2:]
+            rows.append([p["top"] / h, p["left"] / w, p["height"] / h, p["width"] / w])
+        boxes[name] = torch.tensor(rows)
+    same = (boxes["file"][:, 2:] - boxes["stored"][:, 2:]).abs().amax(dim=1) < 0.03  # a pixel of 74 px: 0.0135
+    assert same.float().mean() > 0.95  # the rest: a draw on a size boundary, retried differently
+    deciles = torch.linspace(0.1, 0.9, 9)
+    for column in range(4):
+        a, b = (torch.quantile(boxes[name][:, column], deciles) for name in ("file", "stored"))
+        assert (a - b).abs().max() < 0.03, column
+
+
+def test_cached_eval_style_items_match_the_per_item_path(tmp_path):
+    """Without random transforms (resize and center crop): the stored picture resized once more agrees with the
+    file's within a few levels."""
+    pipeline = spec(("normalize",)).train_transform()
+    paths = photos(tmp_path)
+    direct, cached = dataset(paths, pipeline), dataset(paths, pipeline)
+    cache_training_images(cached, spec(), "memory", workers=0)
+    for i in range(len(paths)):
+        a, b = direct[i]["pixel_values"].float(), cached[i]["pixel_values"].float()
+        assert a.shape == b.shape == (3, 64, 64)
+        assert (a - b).abs().mean() < 3.0  # of 255
+
+
+def test_auto_caches_what_fits_and_none_never(tmp_path, monkeypatch):
+    paths = photos(tmp_path, 2)
+    data = dataset(paths, spec().train_transform())
+    assert not cache_training_images(data, spec(), "none", workers=0) and data.decoded is None
+    monkeypatch.setattr("psutil.virtual_memory", lambda: type("M", (), {"available": 10})())
+    assert not cache_training_images(data, spec(), "auto", workers=0) and data.decoded is None
+    monkeypatch.undo()
+    assert cache_training_images(data, spec(), "auto", workers=0) and len(data.decoded) == 2
+
+
+@pytest.mark.slow
+def test_a_run_decodes_each_training_image_once_across_epochs_and_cached_views(tmp_path, monkeypatch):
+    """A linear probe over 3 augmented views, then evaluation: each training file decoded once; without the cache,
+    once per view."""
+    calls = []
+    original = transforms.decode
+    monkeypatch.setattr(transforms, "decode", lambda image, *a, **k: calls.append(image) or original(image, *a, **k))
+    keys = dict(finetuning_type="linear_probe", probe_views=3, probe_epochs=5, dataloader_num_workers=0)
+    out = tmp_path / "cached"
+    run_exp(base_args(out, **keys))
+    train = [c for c in calls if "/train/" in str(c)]
+    assert len(train) == len(set(train)) == 20  # 2 shots x 10 classes
+    calls.clear()
+    run_exp(base_args(tmp_path / "plain", **keys, image_cache="none"))
+    assert len([c for c in calls if "/train/" in str(c)]) == 60
+    assert read_json(out / "all_results.json")["eval_accuracy"] > 0.1
