@@ -4,7 +4,8 @@
 #   WHEEL_DIR: wheels of this package and of llamafactory, installed with --no-deps into one target folder (the
 #   two merge into one llamafactory/ folder there), for GPU machines without LLaMA-Factory's dependencies or network.
 #   SUITE: stage (stage vs plain loop, eager and torch.compile), methods (per-method table and the CLIP-Adapter
-#   feature cache), or all (default).
+#   feature cache), files (the input pipeline from 4,128 generated JPEGs on the host's CPU, 8 loader workers: per
+#   item vs decoded once), or all (default).
 set -euo pipefail
 out="${1:-benchmark_gpu.jsonl}"
 suite="${3:-all}"
@@ -23,4 +24,7 @@ if [ "$suite" = all ] || [ "$suite" = methods ]; then
   python3 evaluation/benchmark.py --bf16 --batch_size 256 --adapter_cache | tail -1 | tee -a "$out"
   python3 evaluation/benchmark.py --bf16 --batch_size 256 --steps 30 \
     --methods full,bias,lora,adapter,vpt_shallow,vpt_deep | tail -1 | tee -a "$out"
+fi
+if [ "$suite" = all ] || [ "$suite" = files ]; then
+  python3 evaluation/benchmark.py --from_files --workers 8 | tail -1 | tee -a "$out"
 fi

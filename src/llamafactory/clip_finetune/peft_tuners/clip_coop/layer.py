@@ -25,17 +25,20 @@ class ClipCoopEmbedding(nn.Module, BaseTunerLayer):
         self.set_adapter(self.active_adapters)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Every position gathers a row of the context and keeps it where its id is a slot: no shape depends on the
+        data, so ``torch.compile`` traces it whole. The range check runs eagerly (a context of another size)."""
         slots = input_ids < 0
         embeds = self.base_layer(input_ids.clamp(min=0))
-        if not slots.any():
-            return embeds
         names = [] if self.disable_adapters else [n for n in self.active_adapters if n in self.clip_coop_ctx]
         if len(names) != 1:
-            raise ValueError(f"clip_coop: prompt slots need exactly one active context, got {names}.")
+            if slots.any():
+                raise ValueError(f"clip_coop: prompt slots need exactly one active context, got {names}.")
+            return embeds
         ctx = self.clip_coop_ctx[names[0]]
-        index = -input_ids[slots] - 1
-        if int(index.max()) >= ctx.shape[0] * ctx.shape[1]:
-            raise ValueError(f"clip_coop: slot {int(index.max())} beyond the {ctx.shape[0]} x {ctx.shape[1]} context.")
-        embeds = embeds.clone()
-        embeds[slots] = ctx.reshape(-1, ctx.shape[-1])[index].to(embeds.dtype)
-        return embeds
+        flat = ctx.reshape(-1, ctx.shape[-1])
+        if not torch.compiler.is_compiling():
+            top = int((-input_ids).max()) - 1  # the largest slot index (negative: no slot)
+            if top >= flat.shape[0]:
+                raise ValueError(f"clip_coop: slot {top} beyond the {ctx.shape[0]} x {ctx.shape[1]} context.")
+        rows = flat[(-input_ids - 1).clamp(0, flat.shape[0] - 1)].to(embeds.dtype)
+        return torch.where(slots.unsqueeze(-1), rows, embeds)
