@@ -2,10 +2,12 @@
 
 import itertools
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llamafactory.clip_finetune.tasks.classification import per_class_recall
 from llamafactory.clip_finetune.tasks.ranking import topk_hits
 from llamafactory.clip_finetune.tasks.retrieval import recall_at_k
 
@@ -111,3 +113,16 @@ def test_nan_scores_never_count_as_hits():
     logits = torch.tensor([[float("nan"), 0.0, 0.0], [1.0, float("nan"), 0.0]])
     hits = topk_hits(logits, torch.tensor([0, 0]), (1,))[1]
     assert hits.tolist() == [0.0, 0.0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from([0.0, 0.5, 1.0])), min_size=1, max_size=40))
+def test_mean_per_class_recall_is_the_mean_of_the_present_classes_recalls(rows):
+    """CLIP_benchmark's mean_per_class_recall: classes without images do not count; ties give fractional credit."""
+    labels = torch.tensor([label for label, _ in rows])
+    hits = torch.tensor([hit for _, hit in rows])
+    by_class = {}
+    for label, hit in rows:
+        by_class.setdefault(label, []).append(hit)
+    expected = sum(sum(v) / len(v) for v in by_class.values()) / len(by_class)
+    assert per_class_recall(hits, labels, 6) == pytest.approx(expected)

@@ -147,6 +147,8 @@ def test_a_probe_run_saves_a_head_that_evaluates_and_predicts_as_the_run_did(tmp
     run_exp(probe_args(out, probe_type=probe_type, probe_search_steps=2, probe_epochs=30))
     results = read_json(out / "all_results.json")
     assert "probe_val_accuracy" in results and ("probe_c" in results) == (probe_type != "lpp")
+    # the test split is balanced (20 images per class): the mean of the classes' recalls is the accuracy
+    assert results["eval_mean_per_class_recall"] == pytest.approx(results["eval_accuracy"])
     assert not (out / "config.json").exists()  # the base checkpoint is not copied: the head names it
     tensors = load_file(str(out / HEAD_FILE))
     assert tensors["weight"].shape == (10, 32) and ("alpha" in tensors) == (probe_type == "lpp")

@@ -15,6 +15,15 @@ from .contrastive import contrastive_loss
 from .ranking import topk_hits
 
 
+def per_class_recall(hits: torch.Tensor, labels: torch.Tensor, classes: int) -> float:
+    """The mean over the classes present of the share of their images classified correctly (``hits``: each image's
+    top-1 credit)."""
+    counts = torch.bincount(labels, minlength=classes).double()
+    sums = torch.zeros(classes, dtype=torch.float64, device=hits.device).index_add_(0, labels, hits.double())
+    present = counts > 0
+    return (sums[present] / counts[present]).mean().item()
+
+
 def ensemble(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
     """``count`` classes' prompt ensembles from their prompts' tokens (class-major): each prompt's feature normalized
     inside ``encode_texts``, averaged per class, normalized."""
@@ -165,21 +174,27 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def scan(self, model: nn.Module, batches: Iterable[dict], gather: Callable, top_k: int | None = None):
-        """One pass over the batches: the tie-aware top-1/top-5 hits as metrics and, with ``top_k``, each image's
-        ``top_k`` class probabilities (softmax of the logits) and label, gathered across ranks."""
+        """One pass over the batches: the tie-aware top-1/top-5 hits as metrics (accuracy, top-5 accuracy, and the
+        mean over classes of each class's top-1 recall, as CLIP_benchmark's ``mean_per_class_recall``) and, with
+        ``top_k``, each image's ``top_k`` class probabilities (softmax of the logits) and label, gathered across
+        ranks."""
         if self.text_trainable:
             self.class_features = self.encode_classes(model).float()
         parts: list[tuple] = []
         for batch in batches:
             logits = self.logits(model, model.image_features(batch["pixel_values"]).float(), self.class_features)
-            found = tuple(topk_hits(logits, batch["labels"], (1, 5)).values())
+            found = (*topk_hits(logits, batch["labels"], (1, 5)).values(), batch["labels"])
             if top_k is not None:
                 top = logits.float().softmax(-1).topk(min(top_k, len(self.classnames)), dim=-1)
-                found += (top.values, top.indices, batch["labels"])
+                found += (top.values, top.indices)
             parts.append(gather(found))
-        columns = [torch.cat(column) for column in zip(*parts, strict=True)]
-        metrics = {"accuracy": columns[0].mean().item(), "top5_accuracy": columns[1].mean().item()}
-        return columns[2:], metrics
+        top1, top5, labels, *rest = (torch.cat(column) for column in zip(*parts, strict=True))
+        metrics = {
+            "accuracy": top1.mean().item(),
+            "top5_accuracy": top5.mean().item(),
+            "mean_per_class_recall": per_class_recall(top1, labels, len(self.classnames)),
+        }
+        return [*rest, labels], metrics
 
     def head_values(self, model: nn.Module, train: Any) -> torch.Tensor:
         """One-hot labels: a head's cached keys vote for their images' classes."""
