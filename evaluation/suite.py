@@ -15,6 +15,7 @@ beside the measured ones when the grid is the CoOp protocol on ViT-B/16) and ``a
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import yaml
 from tqdm import tqdm
+
+from llamafactory.clip_finetune.hparams import ClipFinetuningArguments
 
 
 CLI = str(Path(sys.executable).with_name("llamafactory-cli"))
@@ -166,12 +169,13 @@ def stage_run(args: dict, config: str) -> tuple[str, dict | None, float | None]:
 
 def evaluate_on(cell: dict, folder: str, name: str, key: str, extra: dict) -> tuple[str, dict | None]:
     """The cell's trained model (or the base model, for a zero-shot cell) evaluated on ``name`` without training."""
-    args = {**cell["args"], "eval_dataset": name, "do_train": False, **extra}
-    args["output_dir"] = os.path.join(folder, key)
+    # the saved run carries its method (a checkpoint, an adapter, a head): the method's keys, some of which only
+    # training reads (wise_ft_alphas, lp_ft, a probe's search), stay out of an evaluation
+    method_keys = {f.name for f in dataclasses.fields(ClipFinetuningArguments)} - {"stage", "clip_task"}
+    args = {k: v for k, v in cell["args"].items() if k not in method_keys | {"dataset", "num_shots", "val_dataset"}}
+    args.update(eval_dataset=name, do_train=False, output_dir=os.path.join(folder, key), **extra)
     if cell["args"]["do_train"]:
         args["model_name_or_path"] = folder
-    for unused in ("dataset", "num_shots", "val_dataset"):
-        args.pop(unused, None)
     log, metrics, _ = stage_run(args, os.path.join(folder, f"{key}.yaml"))
     return log, metrics
 

@@ -28,7 +28,11 @@ def test_a_compiled_run_trains_as_the_eager_run(tmp_path, method, capfd):
     keys = dict(image_size=32, max_steps=3, dataloader_num_workers=0, **METHODS[method])
     run_exp(base_args(tmp_path / "eager", **keys))
     torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
     run_exp(base_args(tmp_path / "compiled", **keys, torch_compile=True))
+    assert counters["stats"]["unique_graphs"] > 0  # it did compile
+    assert not counters["graph_break"], dict(counters["graph_break"])  # and traced the model without breaks
     assert torch.allclose(
         torch.tensor(losses(tmp_path / "compiled")), torch.tensor(losses(tmp_path / "eager")), rtol=1e-3
     )

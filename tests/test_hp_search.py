@@ -1,6 +1,8 @@
 """``hp_search``: Optuna trials of the stage on the validation split, pruning, a resumable study, the best keys as a
 ready-to-run yaml retrained once on the test split."""
 
+import statistics
+
 import optuna
 import pytest
 import yaml
@@ -70,11 +72,15 @@ def test_bad_trials_are_pruned_early(tmp_path):
     pruned = [t for t in found if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned and done
     for t in pruned:
-        step, value = max(t.intermediate_values.items())
-        earlier = [d.intermediate_values[step] for d in done if d.number < t.number and step in d.intermediate_values]
-        assert earlier and value < sorted(earlier)[len(earlier) // 2] + 1e-9  # below (or at) the median there
+        epoch = max(t.intermediate_values)  # where it stopped
+        earlier = [
+            d.intermediate_values[epoch] for d in done if d.number < t.number and epoch in d.intermediate_values
+        ]
+        # MedianPruner: the trial's best value so far is below the median of the finished trials' values there
+        assert earlier and max(t.intermediate_values.values()) < statistics.median(earlier)
         state = read_json(out / "hp_search" / "trials" / f"trial-{t.number}" / "trainer_state.json")
-        assert state["global_step"] == step < state["max_steps"]  # stopped where it was pruned
+        assert state["epoch"] == epoch < 3  # stopped at the epoch it was pruned, before the last
+        assert not list((out / "hp_search" / "trials" / f"trial-{t.number}").glob("*.safetensors"))  # weights gone
 
 
 @pytest.mark.slow
@@ -109,6 +115,8 @@ def test_a_search_resumes_its_study_and_refuses_another_space(tmp_path):
         (dict(n_trials=0), "n_trials must be an integer of at least 1"),
         (dict(pruner="hyperband"), "is not one of"),
         (dict(trials=3), r"unknown key\(s\) \['trials'\]"),
+        (dict(space={"num_shots": {"choices": [4, 8]}}), "`num_shots` is fixed"),
+        (dict(space={"max_samples": {"low": 10, "high": 20}}), "`max_samples` is fixed"),
     ],
 )
 def test_bad_searches_are_refused_before_any_trial(tmp_path, change, message):

@@ -9,6 +9,7 @@ from conftest import DATA_DIR, base_args, read_json
 from llamafactory.train.tuner import run_exp
 from PIL import Image
 
+import llamafactory.clip_finetune.data.image_cache as image_cache
 import llamafactory.clip_finetune.data.transforms as transforms
 from llamafactory.clip_finetune.data.datasets import ClassificationDataset
 from llamafactory.clip_finetune.data.image_cache import cache_training_images, estimated_bytes, stored_side
@@ -63,9 +64,13 @@ def test_cached_crops_follow_the_same_distribution(tmp_path):
     """The augmentation distribution: random-resized-crop's boxes relative to the picture (top, left, height, width
     as fractions) from the stored image follow the file's: the same area and aspect draws (equal per seed up to a
     pixel's rounding, but for draws on a size boundary), and every parameter's deciles equal over 2,000 seeds."""
+    data = dataset(photos(tmp_path, 1), spec().train_transform())
+    cache_training_images(data, spec(), "memory", workers=0)
+    file = transforms.decode(data.samples.images[0], "test")
+    assert file.shape[-2:] == (150, 260) and data.decoded[0].shape[-2:] == (74, 128)
     crop = spec().train_transform().transforms[0]
     boxes = {}
-    for name, image in (("file", torch.zeros(3, 150, 260, dtype=torch.uint8)), ("stored", torch.zeros(3, 74, 128))):
+    for name, image in (("file", file), ("stored", data.decoded[0])):
         rows = []
         for seed in range(2000):
             torch.manual_seed(seed)
@@ -94,13 +99,18 @@ def test_cached_eval_style_items_match_the_per_item_path(tmp_path):
         assert (a - b).abs().mean() < 3.0  # of 255
 
 
-def test_auto_caches_what_fits_and_none_never(tmp_path, monkeypatch):
+def test_auto_caches_by_the_datas_size_and_none_never(tmp_path, monkeypatch):
+    """``auto`` decides from the store's estimate against a fixed limit, not from the machine's free memory: one
+    config gives one pipeline on every host and after a resume."""
     paths = photos(tmp_path, 2)
     data = dataset(paths, spec().train_transform())
     assert not cache_training_images(data, spec(), "none", workers=0) and data.decoded is None
-    monkeypatch.setattr("psutil.virtual_memory", lambda: type("M", (), {"available": 10})())
+    monkeypatch.setattr(image_cache, "AUTO_LIMIT_GIB", estimated_bytes(2, 64) / 2**30 * 0.99)
     assert not cache_training_images(data, spec(), "auto", workers=0) and data.decoded is None
+    monkeypatch.setattr("psutil.virtual_memory", lambda: type("M", (), {"available": 10})())
+    assert cache_training_images(data, spec(), "memory", workers=0) and len(data.decoded) == 2  # warned, built
     monkeypatch.undo()
+    data.decoded = None
     assert cache_training_images(data, spec(), "auto", workers=0) and len(data.decoded) == 2
 
 

@@ -95,7 +95,8 @@ def lpp_reference(features, labels, text_weights, shots, epochs, val_features, v
     classifier.weight.data = one_hot.t() @ features
     classifier.bias.data.zero_()
     lr_temp = (4 * features.shape[0]) / torch.linalg.eigvalsh((features.t() @ features).double()).max().item()
-    centroids_alpha = (one_hot.t() @ (features @ text_weights)) / one_hot.sum(0)[:, None]
+    z_s = features @ text_weights  # compute_centroids_alpha: one_hot * z_s elementwise, over each class's count
+    centroids_alpha = (one_hot * z_s / one_hot.sum(0, keepdim=True)).sum(0)
     init_alpha = torch.mean(250 / shots * (centroids_alpha.double() * shots))
     alpha_vec = (init_alpha * torch.ones(1, classes)).float().requires_grad_(True)
     lr_alpha = features.shape[0] / (max(torch.sum(torch.pow(features @ text_weights, 2), dim=0)) * 4)
@@ -144,7 +145,8 @@ def probe_args(out, **keys):
 @pytest.mark.parametrize("probe_type", ["lpp", "logistic", "zero_shot"])
 def test_a_probe_run_saves_a_head_that_evaluates_and_predicts_as_the_run_did(tmp_path, probe_type):
     out = tmp_path / "probe"
-    run_exp(probe_args(out, probe_type=probe_type, probe_search_steps=2, probe_epochs=30))
+    keys = {"probe_epochs": 30} if probe_type == "lpp" else {"probe_search_steps": 2}
+    run_exp(probe_args(out, probe_type=probe_type, **keys))
     results = read_json(out / "all_results.json")
     assert "probe_val_accuracy" in results and ("probe_c" in results) == (probe_type != "lpp")
     # the test split is balanced (20 images per class): the mean of the classes' recalls is the accuracy
@@ -179,6 +181,9 @@ def test_the_probe_trains_nothing_in_the_backbone_and_beats_chance(tmp_path):
         (dict(probe_views=0), "probe_views must be at least 1"),
         (dict(classification_loss="sigmoid"), "trained with cross-entropy"),
         (dict(do_train=False), "set do_train: true"),
+        (dict(probe_type="logistic", probe_epochs=50), "probe_epochs counts LP.*'s epochs"),
+        (dict(probe_search_steps=3), "probe_search_steps belongs to the search for C"),
+        (dict(probe_type="logistic", probe_c=1.0, probe_search_steps=3), "probe_search_steps belongs to the search"),
     ],
 )
 def test_bad_probe_settings_are_refused(tmp_path, keys, message):
@@ -195,6 +200,12 @@ def test_probe_keys_and_lp_ft_are_refused_where_they_do_not_apply(tmp_path):
         check_clip_args(base_args(tmp_path / "b", probe_type="logistic"))
     with pytest.raises(ValueError, match="lp_ft finetunes existing weights .* not adapter"):
         check_clip_args(base_args(tmp_path / "c", finetuning_type="adapter", lp_ft=True))
+    with pytest.raises(ValueError, match="a trained text tower would get no gradient: set freeze_text_tower: true"):
+        check_clip_args(base_args(tmp_path / "e", finetuning_type="clip_lora", lp_ft=True))
+    check_clip_args(base_args(tmp_path / "f", finetuning_type="clip_lora", lp_ft=True, freeze_text_tower=True))
+    with pytest.raises(ValueError, match="would pair the best checkpoint's weights with the last step's head"):
+        best = dict(load_best_model_at_end=True, eval_strategy="epoch", save_strategy="epoch")
+        check_clip_args(base_args(tmp_path / "g", lp_ft=True, **best))
     with pytest.raises(ValueError, match="use one of them"):
         check_clip_args(
             base_args(tmp_path / "d", lp_ft=True, wise_ft_alphas=[0.0, 1.0], val_dataset="fashion_mnist_val")
@@ -218,10 +229,12 @@ def test_lp_ft_starts_from_the_probe_and_trains_head_and_backbone(tmp_path):
     run_exp(args)
     results = read_json(out / "all_results.json")
     assert "probe_val_accuracy" in results and "train_loss" in results
-    start = tmp_path / "probe"
-    run_exp(probe_args(start, probe_epochs=20))
+    start = tmp_path / "probe"  # the same probe on the same views (LP-FT on full keeps its crop scale: give it)
+    run_exp(probe_args(start, probe_epochs=20, crop_scale=[0.08, 1.0]))
+    assert read_json(start / "all_results.json")["probe_val_accuracy"] == results["probe_val_accuracy"]
     fitted, trained = load_file(str(start / HEAD_FILE)), load_file(str(out / HEAD_FILE))
-    assert not torch.equal(fitted["weight"], trained["weight"])  # the head trained on
+    assert fitted["weight"].shape == trained["weight"].shape
+    assert not torch.equal(fitted["weight"], trained["weight"])  # the head trained on from the fitted one
     base = CLIPModel.from_pretrained(args["model_name_or_path"])
     tuned = CLIPModel.from_pretrained(str(out))
     assert not torch.equal(base.visual_projection.weight, tuned.visual_projection.weight)

@@ -23,7 +23,9 @@ from .transforms import INTERPOLATION, ImageSpec
 
 logger = logging.get_logger(__name__)
 
-MEMORY_SHARE = 0.25  # ``auto`` caches when the store takes at most this share of the available host memory
+# ``auto`` caches when the store's estimate is at most this: a property of the data, not of the machine's free
+# memory, so that one config gives one pipeline (and one result) on every host, on every rank and after a resume
+AUTO_LIMIT_GIB = 8.0
 ASPECT = 4 / 3  # the bytes estimate assumes this aspect ratio
 
 
@@ -58,19 +60,24 @@ def estimated_bytes(images: int, size: int) -> int:
     return int(images * 3 * side * side * ASPECT)
 
 
-def cache_training_images(dataset: Any, spec: ImageSpec, mode: str, workers: int, processes: int = 1) -> bool:
-    """Decode ``dataset`` once into its store when ``mode`` is ``memory``, or ``auto`` and the store fits in
-    ``MEMORY_SHARE`` of the available host memory (shared by this node's ``processes``). Returns whether it did."""
+def cache_training_images(dataset: Any, spec: ImageSpec, mode: str, workers: int) -> bool:
+    """Decode ``dataset`` once into its store when ``mode`` is ``memory``, or ``auto`` and the store's estimate is at
+    most ``AUTO_LIMIT_GIB``. Returns whether it did; the decision is logged either way."""
     if mode == "none" or dataset is None:
         return False
     need = estimated_bytes(len(dataset), spec.size)
-    budget = MEMORY_SHARE * psutil.virtual_memory().available / max(processes, 1)
-    if mode == "auto" and need > budget:
+    if mode == "auto" and need > AUTO_LIMIT_GIB * 2**30:
         logger.info_rank0(
             f"image_cache auto: {len(dataset)} training images would take about {need / 2**30:.1f} GiB, more than "
-            f"{budget / 2**30:.1f} GiB ({MEMORY_SHARE:.0%} of the available memory per process): decoding per epoch."
+            f"{AUTO_LIMIT_GIB:g} GiB: decoded per epoch (image_cache: memory keeps them anyway)."
         )
         return False
+    available = psutil.virtual_memory().available
+    if need > available:
+        logger.warning_rank0(
+            f"image_cache {mode}: about {need / 2**30:.1f} GiB of decoded images, {available / 2**30:.1f} GiB "
+            "available on this machine: it may run out of memory (image_cache: none decodes per epoch)."
+        )
     start = time.perf_counter()
     dataset.decoded = decoded_images(dataset, spec, workers)
     held = sum(image.numel() for image in dataset.decoded)

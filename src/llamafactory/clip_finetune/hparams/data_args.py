@@ -69,7 +69,7 @@ class ClipDataArguments:
         default="auto",
         metadata={
             "help": "Decode each training image once into host memory (shorter side ceil(8/7 x image size)), so "
-            "epochs and cached views only crop and flip. auto: when it takes at most 25% of the available memory."
+            "epochs and cached views only crop and flip. auto: when the store's estimate is at most 8 GiB."
         },
     )
 

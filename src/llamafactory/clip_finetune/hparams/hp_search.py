@@ -7,14 +7,18 @@ from dataclasses import dataclass
 from typing import Any
 
 
-# keys a trial may not change: the data splits (the objective is the validation split, the test split stays unseen),
-# where it writes, what it is, and the seed (a search over seeds fits noise)
+# keys a trial may not change: the data splits and what selects their images (every trial is scored on the same
+# validation images; the test split stays unseen), where it writes, what it is, and the seed (a search over seeds
+# fits noise)
 FIXED = {
     "dataset",
     "val_dataset",
     "eval_dataset",
     "predict_dataset",
     "dataset_dir",
+    "num_shots",
+    "max_samples",
+    "subsample_classes",
     "output_dir",
     "overwrite_output_dir",
     "do_train",

@@ -87,7 +87,10 @@ def train(trainer: "Trainer", checkpoint: str | None) -> Any:
 def report(trainer: "Trainer", metrics: dict[str, float]) -> None:
     """The run's training metrics (and on a GPU its peak memory, which the evaluation suite tabulates)."""
     if trainer.args.device.type == "cuda":
-        metrics = {**metrics, "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(trainer.args.device) / 2**30}
+        metrics = {
+            **metrics,
+            "train_peak_gpu_memory_gib": torch.cuda.max_memory_allocated(trainer.args.device) / 2**30,
+        }
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
 

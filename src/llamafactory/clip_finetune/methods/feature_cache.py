@@ -113,6 +113,7 @@ def cache_image_views(trainer, dataset: "TrainingSet", views: int) -> CachedView
     start = time.perf_counter()
     store = cache_device(trainer, len(dataset), views)
     cached = shared_views(trainer, dataset, views, store)
+    dataset.decoded = None  # the decoded images (image_cache) are not read again: the features replace them
     logger.info_rank0(
         f"feature cache: {cached.shape[0]} images x {views} augmented views of the frozen image tower, "
         f"computed once in {time.perf_counter() - start:.1f}s and kept on {store.type}; every epoch reuses them."

@@ -36,11 +36,13 @@ class PruningCallback(TrainerCallback):
         self.trial, self.metric, self.pruned, self.reported = trial, f"eval_{metric}", False, set()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        """Once per step: the final evaluation after the last epoch's repeats it."""
-        if not metrics or self.metric not in metrics or not state.global_step or state.global_step in self.reported:
+        """Once per epoch, numbered by epoch (trials of other batch sizes compare at the same point of training);
+        the final evaluation after the last epoch repeats it, and an untrained run has none to report."""
+        epoch = round(state.epoch or 0)
+        if not metrics or self.metric not in metrics or not epoch or epoch in self.reported:
             return
-        self.reported.add(state.global_step)
-        self.trial.report(metrics[self.metric], state.global_step)
+        self.reported.add(epoch)
+        self.trial.report(metrics[self.metric], epoch)
         if self.trial.should_prune():
             self.pruned = True
             control.should_training_stop = True
@@ -58,21 +60,29 @@ def suggest(trial: Any, spec: SearchSpec) -> dict[str, Any]:
     return params
 
 
-def trial_config(base: dict[str, Any], params: dict[str, Any], folder: str) -> dict[str, Any]:
-    """A trial's run: the user's config with the sampled keys, evaluated on the validation split every epoch; the
-    test split and predictions stay out."""
+def trial_config(base: dict[str, Any], params: dict[str, Any], folder: str, val: str) -> dict[str, Any]:
+    """A trial's run: the user's config with the sampled keys, evaluated on the validation split ``val`` every
+    epoch; the test split and predictions stay out."""
     config = {k: v for k, v in base.items() if k not in ("hp_search", "predict_dataset", "do_predict")}
     config.update(params)
     config.update(
         output_dir=folder,
         overwrite_output_dir=True,
-        eval_dataset=base["val_dataset"],
+        eval_dataset=val,
         do_eval=True,
         eval_strategy="epoch",
         save_strategy="no",
         load_best_model_at_end=False,
     )
     return config
+
+
+def drop_weights(folder: str) -> None:
+    """A finished trial keeps its logs and results, not its weights (a full finetune's would add up to gigabytes
+    over a search): ``best.yaml`` retrains the one that matters."""
+    for name in os.listdir(folder):
+        if name.endswith((".safetensors", ".bin", ".pt")):
+            os.remove(os.path.join(folder, name))
 
 
 def best_config(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +159,7 @@ def run_hp_search(raw: dict[str, Any] | list, parsed: tuple, spec: SearchSpec, c
 
     if not isinstance(raw, dict):
         raise ValueError("hp_search needs a yaml (or dict) config: trials are built from its keys.")
-    _, _, training_args, finetuning_args = parsed
+    _, data_args, training_args, finetuning_args = parsed
     output_dir = training_args.output_dir
     directory = os.path.join(output_dir, SEARCH_DIR)
     metric = get_task(finetuning_args.clip_task).main_metric
@@ -162,7 +172,7 @@ def run_hp_search(raw: dict[str, Any] | list, parsed: tuple, spec: SearchSpec, c
         folder = os.path.join(directory, "trials", f"trial-{trial.number}")
         logger.info_rank0(f"hp_search: trial {trial.number} with {params}.")
         try:
-            args = get_clip_train_args(trial_config(raw, params, folder))
+            args = get_clip_train_args(trial_config(raw, params, folder, data_args.val_dataset))
         except ValueError as err:  # a combination the stage refuses: recorded, the search goes on
             errors.append(f"trial {trial.number}: {err}")
             raise
@@ -170,6 +180,7 @@ def run_hp_search(raw: dict[str, Any] | list, parsed: tuple, spec: SearchSpec, c
         run_clip(*args, callbacks=[*callbacks, LogCallback(), pruning])
         with open(os.path.join(folder, "all_results.json"), encoding="utf-8") as f:
             value = json.load(f)[f"eval_{metric}"]
+        drop_weights(folder)
         if pruning.pruned:
             raise optuna.TrialPruned()
         return value
@@ -178,7 +189,7 @@ def run_hp_search(raw: dict[str, Any] | list, parsed: tuple, spec: SearchSpec, c
     if remaining:
         logger.info_rank0(
             f"hp_search: {remaining} trial(s) to run ({done} stored), objective val {metric} on "
-            f"`{raw['val_dataset']}`; results in {directory}."
+            f"`{data_args.val_dataset}`; results in {directory}."
         )
         study.optimize(
             objective,

@@ -58,10 +58,8 @@ def run_clip(
     tokenizer = TextTokenizer(processor.tokenizer, family_of(clip.config))
     datasets = load_clip_datasets(data_args, task_class.name, training_args.seed, processor.image_processor, tokenizer)
     if training_args.do_train:  # every rank holds every training image: its sampler's share changes each epoch
-        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         workers = training_args.dataloader_num_workers
-        cache_training_images(datasets.train, datasets.spec, data_args.image_cache, workers, processes)
-    if training_args.do_train:
+        cache_training_images(datasets.train, datasets.spec, data_args.image_cache, workers)
         method.see_data(datasets, tokenizer)
         clip = method.prepare(clip, finetuning_args, training_args)
     else:  # evaluate or predict the checkpoint as it is (a method would add untrained layers)

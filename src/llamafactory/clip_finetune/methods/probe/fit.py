@@ -1,5 +1,6 @@
 """Fitting a run's probe head from the frozen image tower's features (``linear_probe``, and LP-FT's first stage)."""
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,18 @@ def check_probe_args(args: tuple, task: Any, method: Any) -> None:
                 "lp_ft trains a head the zero-shot model does not have, which wise_ft_alphas cannot interpolate: "
                 "use one of them."
             )
+        if not f.freeze_text_tower:
+            raise ValueError(
+                "lp_ft: the head replaces the class text features, so a trained text tower would get no gradient: "
+                "set freeze_text_tower: true."
+            )
+        if training_args.load_best_model_at_end:
+            raise ValueError(
+                "lp_ft with load_best_model_at_end would pair the best checkpoint's weights with the last step's "
+                "head: remove load_best_model_at_end."
+            )
+        if training_args.fsdp or training_args.deepspeed:
+            raise ValueError("lp_ft saves its head as whole tensors: run it without FSDP or DeepSpeed (DDP works).")
     if (probe or f.lp_ft) and not task.has_classes:
         raise ValueError(
             f"{'finetuning_type linear_probe' if probe else 'lp_ft'} fits a head over the classes: use it with "
@@ -65,6 +78,15 @@ def check_probe_args(args: tuple, task: Any, method: Any) -> None:
             raise ValueError(f"{key} must be at least 1, got {getattr(f, key)}.")
     if f.probe_search_steps < 0:
         raise ValueError(f"probe_search_steps must be at least 0, got {f.probe_search_steps}.")
+    if f.probe_type != "lpp" and is_set(f, "probe_epochs"):
+        raise ValueError(
+            f"probe_epochs counts LP++'s epochs; probe_type {f.probe_type} is solved by L-BFGS: remove it."
+        )
+    if (f.probe_type == "lpp" or f.probe_c is not None) and is_set(f, "probe_search_steps"):
+        raise ValueError(
+            "probe_search_steps belongs to the search for C (probe_type logistic / zero_shot without a fixed "
+            "probe_c): remove it."
+        )
 
 
 @torch.no_grad()
@@ -121,12 +143,17 @@ def fit_head(run: "Run") -> tuple[LinearHead, dict[str, float]]:
     return LinearHead(fit, text if f.probe_type == "lpp" else None), metrics
 
 
+def local_or_hub(path: str) -> str:
+    """A local checkpoint as an absolute path (the head file names it from any working directory); a hub id as is."""
+    return os.path.abspath(path) if os.path.isdir(path) else path
+
+
 def head_header(run: "Run", method: str) -> dict[str, Any]:
     """What the head file records: the checkpoint it scores (``SAME_DIR``: the finetuned one beside it)."""
     f, data_args = run.finetuning_args, run.data_args
     return {
         "method": method,
-        "checkpoint": SAME_DIR if method == "lp_ft" else run.model_args.model_name_or_path,
+        "checkpoint": SAME_DIR if method == "lp_ft" else local_or_hub(run.model_args.model_name_or_path),
         "classnames": list(run.datasets.classnames),
         "feature_dim": run.model.family.feature_width(run.model.clip),
         "probe_type": f.probe_type,

@@ -6,10 +6,10 @@
   probe; ``W0`` = the zero-shot classifier is the zero-shot-initialized probe, which a small C keeps near zero-shot.
 - LP++ (Huang, Shakeri et al., CVPR 2024; FereshteShakeri/FewShot-CLIP-Strong-Baseline): logits
   ``x W^T + b + alpha * (x T^T)`` with class text features T and a class-wise blend alpha; W starts at the class
-  sums of the features, alpha at 250 times the mean class-centroid text score; W and b take SGD steps (momentum
-  0.9) of the closed-form size ``4 N / lambda_max(X^T X)``, alpha a step of ``N / (4 max_k sum_n (x_n . T_k)^2)``
-  every tenth epoch along its accumulated gradient (the reference never clears it); the epoch with the best
-  validation accuracy is kept.
+  sums of the features, alpha at 250 times the mean score of each class's images against its own class text; W and
+  b take SGD steps (momentum 0.9) of the closed-form size ``4 N / lambda_max(X^T X)``, alpha a step of
+  ``N / (4 max_k sum_n (x_n . T_k)^2)`` every tenth epoch along its accumulated gradient (the reference never clears
+  it); the epoch with the best validation accuracy is kept.
 """
 
 import math
@@ -126,13 +126,15 @@ def class_sums(x: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 def lpp_start(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, float, float, float]:
-    """LP++'s starting point and step sizes: W0 (class sums), the initial blend (250 x the mean over classes and
-    class texts of the class centroids' text scores), the step of W (4 N / largest eigenvalue of X^T X) and of the
-    blend (N / (4 max_k sum_n (x_n . T_k)^2)). Step sizes in float64."""
+    """LP++'s starting point and step sizes: W0 (class sums), the initial blend (250 x the mean over the classes of
+    their images' mean score against their own class text: the reference's ``compute_centroids_alpha`` multiplies
+    the one-hot labels elementwise), the step of W (4 N / largest eigenvalue of X^T X) and of the blend
+    (N / (4 max_k sum_n (x_n . T_k)^2)). Step sizes in float64."""
     classes = len(text)
-    counts = torch.bincount(y, minlength=classes).clamp(min=1).to(x.dtype)
+    counts = torch.bincount(y, minlength=classes).to(x.dtype)
     text_scores = x @ text.t()
-    alpha = LPP_ALPHA_SCALE * (class_sums(text_scores, y, classes) / counts[:, None]).mean().item()
+    own = class_sums(text_scores, y, classes).diagonal() / counts.clamp(min=1)
+    alpha = LPP_ALPHA_SCALE * own[counts > 0].mean().item()
     x64 = x.double()
     lr_w = 4 * len(x) / torch.linalg.eigvalsh(x64.t() @ x64).max().item()
     lr_alpha = len(x) / (4 * (text_scores.double() ** 2).sum(dim=0).max().item())

@@ -149,6 +149,7 @@ class TipCacheCallback(TrainerCallback):
             values = model.task.head_values(model, datasets.train)
             logger.info_rank0(f"tip: cache of {len(keys)} keys from {f.tip_augment_epoch} augmented views per image.")
         model.head = TipCache(keys, values, f.tip_alpha, f.tip_beta, f.tip_finetune).to(args.device)
+        datasets.train.decoded = None  # decoded training images (image_cache): the cache and its views replace them
         logger.info(f"tip: rank {args.process_index} holds {len(keys)} keys, digest {digest(model.head.keys)}.")
 
     def save(self) -> None:
