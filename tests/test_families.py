@@ -337,3 +337,21 @@ def test_coop_on_every_family(tmp_path, family):
         coop_class_token_position="middle",
     )
     assert 0.0 <= csc["eval_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "keys",
+    [{"finetuning_type": "linear_probe", "probe_type": "zero_shot"}, {"lp_ft": True, "max_steps": 2}],
+    ids=["zero_shot_probe", "lp_ft"],
+)
+@pytest.mark.parametrize("family", list(TINY_FOLDERS))
+def test_probe_heads_on_every_family_reload_to_the_runs_accuracy(tmp_path, family, keys):
+    """The zero-shot-initialized probe starts from the family's own scores (SigLIP's bias as the intercept) and
+    LP-FT trains from a probe; both output dirs evaluate, through their head file, to the accuracy the run reported."""
+    out = tmp_path / "run"
+    run_exp(base_args(out, model_name_or_path=str(TINY_MODELS[family]), val_dataset="fashion_mnist_val", **keys))
+    trained = read_json(out / "all_results.json")
+    again = tmp_path / "eval"
+    run_exp(base_args(again, model_name_or_path=str(out), do_train=False, num_shots=None, dataset=None))
+    assert read_json(again / "all_results.json")["eval_accuracy"] == pytest.approx(trained["eval_accuracy"])
