@@ -121,6 +121,22 @@ def cache_image_views(trainer, dataset: "TrainingSet", views: int) -> CachedView
     return CachedViewsDataset(cached, dataset)
 
 
+@torch.no_grad()
+def project_views(model, pooled: torch.Tensor, device: torch.device, chunk: int = 1024) -> torch.Tensor:
+    """Cached pooled outputs ``[rows, ..., width]`` through the family's image projection (before normalization),
+    ``chunk`` rows at a time on ``device``, in eval mode: float32 ``[rows, ..., dim]``."""
+    if len(pooled) == 0:
+        return torch.zeros(*pooled.shape[:-1], model.family.feature_width(model.clip), device=device)
+    was_training = model.training
+    model.eval()
+    project = model.family.project_image
+    projected = torch.cat(
+        [project(model.clip, pooled[i : i + chunk].to(device)).float() for i in range(0, len(pooled), chunk)]
+    )
+    model.train(was_training)
+    return projected
+
+
 def image_identity(image) -> str:
     """A file path (resolved) or a digest of in-memory bytes: what makes two samples the same image."""
     if isinstance(image, dict) and image.get("bytes") is not None:
@@ -141,20 +157,16 @@ def check_disjoint(train, val, data_args, fitted: str) -> None:
         )
 
 
-@torch.no_grad()
 def eval_features(trainer, dataset) -> tuple[torch.Tensor, torch.Tensor | None]:
     """L2-normalized image features of ``dataset`` through its eval transforms (float32, every rank's share gathered),
-    and its labels when it has classes."""
-    model = trainer.model
-    was_training = model.training
-    model.eval()
-    features, labels = [], []
-    for batch in trainer.get_eval_dataloader(dataset):
-        batch = trainer._prepare_inputs(batch)
-        with trainer.autocast_smart_context_manager():
-            image = model.image_features(batch["pixel_values"]).float()
-        features.append(trainer.accelerator.gather_for_metrics(image))
-        if "labels" in batch:
-            labels.append(trainer.accelerator.gather_for_metrics(batch["labels"]))
-    model.train(was_training)
-    return torch.cat(features), torch.cat(labels) if labels else None
+    and its labels when it has classes: one pass of ``ClipTrainer._task_pass`` (eval mode, no gradients, autocast)."""
+
+    def collect(model, batches, gather):
+        features, labels = [], []
+        for batch in batches:
+            features.append(gather(model.image_features(batch["pixel_values"]).float()))
+            if "labels" in batch:
+                labels.append(gather(batch["labels"]))
+        return torch.cat(features), torch.cat(labels) if labels else None
+
+    return trainer._task_pass(dataset, collect)

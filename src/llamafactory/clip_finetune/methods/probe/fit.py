@@ -5,11 +5,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from llamafactory.extras import logging
 from transformers import TrainerCallback
 
 from ...hparams.finetuning_args import is_set
-from ..feature_cache import cache_device, check_disjoint, eval_features, shared_views
+from ..feature_cache import cache_device, check_disjoint, eval_features, project_views, shared_views
 from .head import SAME_DIR, LinearHead, load_head, save_head
 from .solvers import accuracy, fit_logistic, fit_logistic_searched, fit_lpp
 
@@ -94,14 +95,9 @@ def train_features(run: "Run") -> tuple[torch.Tensor, torch.Tensor]:
     """[images x views, dim] normalized features of the training images' augmented views (each rank encodes its
     share once; every rank holds all), and their labels."""
     trainer, train, views = run.trainer, run.datasets.train, run.finetuning_args.probe_views
-    model, device = trainer.model, trainer.args.device
+    device = trainer.args.device
     pooled = shared_views(trainer, train, views, cache_device(trainer, len(train), views)).flatten(0, 1)
-    was_training = model.training
-    model.eval()
-    features = torch.cat(
-        [model.image_features(None, pooled[i : i + 1024].to(device)).float() for i in range(0, len(pooled), 1024)]
-    )
-    model.train(was_training)
+    features = F.normalize(project_views(trainer.model, pooled, device), dim=-1)
     return features, train.labels.to(device).repeat_interleave(views)
 
 
@@ -131,7 +127,7 @@ def fit_head(run: "Run") -> tuple[LinearHead, dict[str, float]]:
             else:
                 fit = fit_logistic(x, y, classes, f.probe_c, center, center_bias)
                 if val is not None:
-                    fit.val_accuracy = accuracy(torch.nn.functional.linear(val[0], fit.weight, fit.bias), val[1])
+                    fit.val_accuracy = accuracy(F.linear(val[0], fit.weight, fit.bias), val[1])
     metrics = {"probe_fit_seconds": time.perf_counter() - start}
     for key, value in (("probe_c", fit.c), ("probe_epoch", fit.epoch), ("probe_val_accuracy", fit.val_accuracy)):
         if value is not None:

@@ -11,7 +11,15 @@ from transformers import TrainerCallback
 
 from ...data.datasets import CachedViewsDataset
 from ..base import Run
-from ..feature_cache import cache_device, check_disjoint, encode_shard, eval_features, gather_rows, shared_views
+from ..feature_cache import (
+    cache_device,
+    check_disjoint,
+    encode_shard,
+    eval_features,
+    gather_rows,
+    project_views,
+    shared_views,
+)
 from ..tensor_file import check_tensors, locked, read_tensors
 from .cache import CACHE_FILE, TipCache, build_keys, load_cache, save_cache, search_alpha_beta, tip_search_grid
 from .shared import SharedCache
@@ -47,16 +55,9 @@ def cache_header(
     }
 
 
-@torch.no_grad()
 def project_keys(model, pooled: torch.Tensor, device) -> torch.Tensor:
     """[images, views, width] pooled outputs -> keys: the projected views, averaged and re-normalized."""
-    project = model.family.project_image
-    if len(pooled) == 0:
-        return torch.zeros(0, model.family.feature_width(model.clip), device=device)
-    views = torch.cat(
-        [project(model.clip, pooled[i : i + 1024].to(device)).float() for i in range(0, len(pooled), 1024)]
-    )
-    return build_keys(views)
+    return build_keys(project_views(model, pooled, device))
 
 
 def digest(tensor: torch.Tensor) -> str:
