@@ -52,6 +52,7 @@ I2T = [
         ("coop.yaml", CLASSIFICATION),
         ("linear_probe.yaml", [*CLASSIFICATION, "probe_epochs=20"]),
         ("lp_ft.yaml", [*CLASSIFICATION, "probe_epochs=20"]),
+        ("hp_search.yaml", [*CLASSIFICATION, "hp_search.n_trials=2"]),  # a nested key overridden on the command line
         ("i2t_large_batch.yaml", ["max_samples=32", "per_device_train_batch_size=4"]),
     ],
 )
@@ -68,6 +69,9 @@ def test_examples_run_with_the_tiny_checkpoint(tmp_path, example, extra):
         assert (tmp_path / "tip_cache.safetensors").is_file() and "tip_alpha" in results
     elif example == "linear_probe.yaml":  # no step either: the head is the result
         assert (tmp_path / "probe_head.safetensors").is_file() and "probe_val_accuracy" in results
+    if example == "hp_search.yaml":  # two trials on val, then the best retrained and tested
+        assert (tmp_path / "hp_search" / "trials.md").read_text().count("| complete |") == 2
+        assert (tmp_path / "hp_search" / "best.yaml").is_file()
     else:
         assert (tmp_path / "trainer_log.jsonl").is_file()
     if example == "abs.yaml":
