@@ -69,7 +69,7 @@ def test_examples_run_with_the_tiny_checkpoint(tmp_path, example, extra):
         assert (tmp_path / "tip_cache.safetensors").is_file() and "tip_alpha" in results
     elif example == "linear_probe.yaml":  # no step either: the head is the result
         assert (tmp_path / "probe_head.safetensors").is_file() and "probe_val_accuracy" in results
-    if example == "hp_search.yaml":  # two trials on val, then the best retrained and tested
+    elif example == "hp_search.yaml":  # two trials on val, then the best retrained and tested
         assert (tmp_path / "hp_search" / "trials.md").read_text().count("| complete |") == 2
         assert (tmp_path / "hp_search" / "best.yaml").is_file()
     else:
