@@ -67,6 +67,7 @@ setup(
         "gradio",
         "psutil",
         "optuna>=4",  # hp_search
+        "torchcodec>=0.17,<0.18",  # image_decode_device: batched nvJPEG (a release is built against one torch series)
     ],
     # playwright drives the system's Chromium in the web UI test (no browser download)
     extras_require={

@@ -30,7 +30,8 @@ import transformers  # noqa: E402
 from torch.utils.data import DataLoader, Dataset
 from transformers import CLIPModel, CLIPProcessor, TrainerCallback, TrainingArguments
 
-from llamafactory.clip_finetune.data.datasets import EpochSeeded
+from llamafactory.clip_finetune.data.datasets import EpochSeeded, collate
+from llamafactory.clip_finetune.data.device_decode import assemble
 from llamafactory.clip_finetune.data.transforms import ImageSpec
 from llamafactory.clip_finetune.hparams import ClipDataArguments, ClipFinetuningArguments
 from llamafactory.clip_finetune.hparams.training_defaults import STAGE_DEFAULTS
@@ -474,17 +475,23 @@ def make_files(root: Path, count: int, classes: int) -> Path:
     return root
 
 
-def pipeline_rate(dataset, workers: int, batch: int) -> float:
-    """Images per second of one pass of the training transforms over ``dataset`` through a DataLoader."""
-    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, shuffle=False)
-    start = time.perf_counter()
-    count = sum(len(b["pixel_values"]) for b in loader)
+def pipeline_rate(dataset, workers: int, batch: int, device: torch.device | None = None) -> float:
+    """Images per second of one pass of the training transforms over ``dataset`` through a DataLoader; with
+    ``device``, the device-decoded rows are decoded and finished there (``image_decode_device``)."""
+    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, shuffle=False, collate_fn=collate)
+    start, count = time.perf_counter(), 0
+    for b in loader:
+        count += len(assemble(b, device)["pixel_values"]) if device is not None else b["labels"].numel()
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize()
     return count / (time.perf_counter() - start)
 
 
-def run_from_files(opts) -> dict:
-    """The input pipeline from files on this machine's CPU: one epoch decoding every file (``image_cache: none``),
-    the one-time decode into the store, and one epoch from the store (``image_cache: memory``)."""
+def run_from_files(opts, device: torch.device) -> dict:
+    """The input pipeline from files: one epoch decoding every file in the loader workers (``image_cache: none``),
+    the loader reading bytes only (``image_decode_device: cuda``; on a GPU also decoded and finished there), the
+    one-time decode into the store, and one epoch from the store (``image_cache: memory``). On a GPU, also the
+    stage's full finetune end to end from the files through each path, against the plain loop from memory."""
     import tempfile
 
     from llamafactory.clip_finetune.data import load_clip_datasets
@@ -493,27 +500,54 @@ def run_from_files(opts) -> dict:
     count = opts.files or (512 if opts.tiny else 4128)
     size = 32 if opts.tiny else 224
     processor = CLIPProcessor.from_pretrained(TINY)
+    results = {"files": count, "image_size": size, "loader_workers": opts.workers}
+    cores = max(opts.workers, 1)
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_files(Path(tmp), count, 102)
+        root = make_files(Path(tmp), count, len(CLASSES))
         args = ClipDataArguments(dataset="files", dataset_dir=str(root), image_size=size, crop_scale=[0.08, 1.0])
         tokenizer = TextTokenizer(processor.tokenizer, family_of(CLIPModel.config_class()))
         train = load_clip_datasets(args, "classification", 0, processor.image_processor, tokenizer).train
         per_item = pipeline_rate(train, opts.workers, 64)
+        train.device_decode = True
+        results["bytes_only_loader_images_per_s"] = round(pipeline_rate(train, opts.workers, 64), 1)
+        if device.type == "cuda":
+            results["device_decode_images_per_s"] = round(pipeline_rate(train, opts.workers, 256, device), 1)
+            results.update(stage_from_files(opts, processor, train, size, device, decode="device"))
+        train.device_decode = False
+        if device.type == "cuda":
+            results.update(stage_from_files(opts, processor, train, size, device, decode="worker"))
         start = time.perf_counter()
         cache_training_images(train, ImageSpec.from_processor(processor.image_processor, args), "memory", opts.workers)
         build = count / (time.perf_counter() - start)
         cached = pipeline_rate(train, opts.workers, 64)
-    cores = max(opts.workers, 1)
+        if device.type == "cuda":
+            results.update(stage_from_files(opts, processor, train, size, device, decode="once"))
+            model = build_task_model(build_model(False, opts.attn), processor, size).to(device)
+            model.task.setup(model)
+            plain = run_plain(model, UInt8Images(opts.batch_size * 8, size, len(CLASSES)), opts, device)
+            results["plain_from_memory_images_per_s"] = round(plain, 1)
+            for decode in ("device", "worker", "once"):
+                results[f"ratio_{decode}"] = round(results[f"stage_{decode}_images_per_s"] / plain, 3)
+    results.update(
+        per_item_images_per_s=round(per_item, 1),
+        per_item_images_per_s_per_core=round(per_item / cores, 1),
+        decode_once_images_per_s=round(build, 1),
+        from_store_images_per_s=round(cached, 1),
+        from_store_images_per_s_per_core=round(cached / cores, 1),
+        speedup_per_epoch=round(cached / per_item, 2),
+    )
+    return results
+
+
+def stage_from_files(opts, processor, train, size: int, device: torch.device, decode: str) -> dict:
+    """The stage's full finetune (ViT-B/16 architecture) trained from the files, images decoded as ``decode`` says."""
+    model = build_task_model(build_model(False, opts.attn), processor, size).to(device)
+    model.task.setup(model)
+    torch.cuda.reset_peak_memory_stats()
+    speed = run_stage(model, train, opts, device)
     return {
-        "files": count,
-        "image_size": size,
-        "loader_workers": opts.workers,
-        "per_item_images_per_s": round(per_item, 1),
-        "per_item_images_per_s_per_core": round(per_item / cores, 1),
-        "decode_once_images_per_s": round(build, 1),
-        "from_store_images_per_s": round(cached, 1),
-        "from_store_images_per_s_per_core": round(cached / cores, 1),
-        "speedup_per_epoch": round(cached / per_item, 2),
+        f"stage_{decode}_images_per_s": round(speed, 1),
+        f"stage_{decode}_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
     }
 
 
@@ -558,18 +592,14 @@ def main() -> None:
     parser.add_argument(
         "--from_files",
         action="store_true",
-        help="only the input pipeline from generated JPEG files: decoded per item vs decoded once (image_cache)",
+        help="only the input pipeline from generated JPEG files: decoded per item, on the GPU, or once (image_cache);"
+        " on a GPU also the stage's full finetune end to end from the files",
     )
     parser.add_argument("--files", type=int, default=None, help="--from_files: how many (512 --tiny, else 4,128)")
     opts = parser.parse_args()
     if opts.tip_shared:
         torch.set_num_threads(opts.threads)
         print(json.dumps({"device": "cpu", "model": "tiny-clip", **run_tip_shared(opts)}))
-        return
-    if opts.from_files:
-        torch.set_num_threads(opts.threads)
-        opts.workers = opts.workers if opts.workers is not None else 0
-        print(json.dumps({"device": "cpu", "torch": torch.__version__, **run_from_files(opts)}))
         return
     device = torch.device("cpu" if opts.tiny or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu":
@@ -578,6 +608,10 @@ def main() -> None:
     opts.steps = opts.steps or (200 if opts.tiny else 30)
     opts.repeats = opts.repeats or (3 if opts.tiny else 1)
     opts.workers = opts.workers if opts.workers is not None else (0 if opts.tiny else 4)
+    if opts.from_files:
+        name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+        print(json.dumps({"device": name, "torch": torch.__version__, **run_from_files(opts, device)}))
+        return
 
     processor = CLIPProcessor.from_pretrained(TINY)
     size = 32 if opts.tiny else 224

@@ -4,8 +4,9 @@
 #   WHEEL_DIR: wheels of this package and of llamafactory, installed with --no-deps into one target folder (the
 #   two merge into one llamafactory/ folder there), for GPU machines without LLaMA-Factory's dependencies or network.
 #   SUITE: stage (stage vs plain loop, eager and torch.compile), methods (per-method table and the CLIP-Adapter
-#   feature cache), files (the input pipeline from 4,128 generated JPEGs on the host's CPU, 8 loader workers: per
-#   item vs decoded once), or all (default).
+#   feature cache), files (the input pipeline from 4,128 generated JPEGs, 8 loader workers: decoded per item in the
+#   workers, on the GPU, or once; then the compiled full finetune end to end from the files through each path against
+#   the plain compiled loop from memory), or all (default).
 set -euo pipefail
 out="${1:-benchmark_gpu.jsonl}"
 suite="${3:-all}"
@@ -26,5 +27,6 @@ if [ "$suite" = all ] || [ "$suite" = methods ]; then
     --methods full,bias,lora,adapter,vpt_shallow,vpt_deep | tail -1 | tee -a "$out"
 fi
 if [ "$suite" = all ] || [ "$suite" = files ]; then
-  python3 evaluation/benchmark.py --from_files --workers 8 | tail -1 | tee -a "$out"
+  python3 evaluation/benchmark.py --from_files --workers 8 --bf16 --batch_size 256 --steps 30 --compile \
+    | tail -1 | tee -a "$out"
 fi

@@ -35,6 +35,12 @@ class ClipDatasets:
     spec: ImageSpec
     predict: Any | None = None
 
+    def decode_on_device(self, on: bool) -> None:
+        """Send JPEG files to the device as bytes (``image_decode_device``) in every split."""
+        for part in (self.train, self.eval, self.val, self.predict):
+            if part is not None:
+                part.device_decode = on
+
     def tokenize_captions(self, tokenizer: Any) -> None:
         """Tokenize every caption set again (a learned text context leaves its slots in them too)."""
         for part in (self.train, self.eval, self.val, self.predict):

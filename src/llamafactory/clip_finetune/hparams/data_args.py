@@ -72,6 +72,13 @@ class ClipDataArguments:
             "epochs and cached views only crop and flip. auto: when the store's estimate is at most 8 GiB."
         },
     )
+    image_decode_device: Literal["auto", "cpu", "cuda"] = field(
+        default="auto",
+        metadata={
+            "help": "Where JPEG files are decoded: cuda sends their bytes to the GPU, decoded there a batch at a time "
+            "(nvJPEG) and cropped, resized and flipped there. auto: cuda when the run trains on a CUDA device."
+        },
+    )
 
     def __post_init__(self):
         if self.predict_top_k < 1:

@@ -11,6 +11,7 @@ from llamafactory.extras import logging
 from torch.utils.data import DataLoader
 
 from ..data.datasets import CachedViewsDataset, ViewsDataset
+from ..data.device_decode import assemble
 
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def compute_views(
     features = []
     for batch in loader:
         with trainer.autocast_smart_context_manager():
-            pixels = batch["pixel_values"].to(args.device, non_blocking=True)
+            pixels = assemble(batch, args.device)["pixel_values"].to(args.device, non_blocking=True)
             features.append(model.pooled_image(pixels).float().to(store))
     model.train(was_training)
     return torch.cat(features).view(views, len(indices), width).transpose(0, 1).contiguous()

@@ -15,7 +15,8 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..data.datasets import CachedViewsDataset, collated
+from ..data.datasets import CachedViewsDataset, collate, collated
+from ..data.device_decode import assemble
 from ..hparams.output_dir import RUN_RECORD, write_json_atomic
 from ..tasks.contrastive import cached_step
 from .schedule import epoch_lr_scheduler
@@ -46,6 +47,7 @@ class ClipTrainer(Trainer):
     ):
         self.optim_args = optim_args
         self.run_record = run_record
+        kwargs.setdefault("data_collator", collate)
         super().__init__(*args, **kwargs)
         # contrastive batches of N micro-batches (``cached_step``): the loader yields the whole batch
         self.micro_batches = getattr(optim_args, "contrastive_accumulation_steps", 1)
@@ -80,6 +82,10 @@ class ClipTrainer(Trainer):
                 lambda: self.accelerator.no_sync(model),
             )
         return loss / share
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The Trainer's device transfer, after the batch's JPEG files are decoded there (``image_decode_device``)."""
+        return super()._prepare_inputs(assemble(inputs, self.args.device))
 
     def get_train_dataloader(self):
         """Cached features are in memory and gathered a batch at a time: no loader workers (they would only add

@@ -11,6 +11,7 @@ from llamafactory.extras import logging
 from llamafactory.train.callbacks import LogCallback
 
 from ..data import load_clip_datasets
+from ..data.device_decode import use_device_decode
 from ..data.image_cache import cache_training_images
 from ..hparams.hp_search import check_hp_search
 from ..hparams.output_dir import run_record, write_json_atomic
@@ -57,6 +58,7 @@ def run_clip(
     clip, processor = load_clip(model_args)
     tokenizer = TextTokenizer(processor.tokenizer, family_of(clip.config))
     datasets = load_clip_datasets(data_args, task_class.name, training_args.seed, processor.image_processor, tokenizer)
+    datasets.decode_on_device(use_device_decode(data_args.image_decode_device, training_args.device))
     if training_args.do_train:  # every rank holds every training image: its sampler's share changes each epoch
         workers = training_args.dataloader_num_workers
         cache_training_images(datasets.train, datasets.spec, data_args.image_cache, workers)

@@ -1,0 +1,202 @@
+"""``image_decode_device``: JPEG bytes from the loader, decoded and finished on the device with the worker's draws.
+
+The reference is the CPU path (Pillow decode, then torchvision's transforms under the item's seed). Run on the CPU
+here (TorchCodec's CPU decoder stands in for nvJPEG: same bytes in, same kernels after), the two give the same
+pixels; on a GPU, nvJPEG's IDCT differs by a level or two (the GPU script measures it)."""
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import DATA_DIR, ROOT, base_args, read_json
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from llamafactory.train.tuner import run_exp
+from PIL import Image
+
+import llamafactory.clip_finetune.train.workflow as workflow
+from llamafactory.clip_finetune.data.datasets import ClassificationDataset, collate
+from llamafactory.clip_finetune.data.device_decode import assemble, encode, use_device_decode
+from llamafactory.clip_finetune.data.readers import ClassificationSamples
+from llamafactory.clip_finetune.data.transforms import ImageSpec, decode
+
+
+CPU = torch.device("cpu")
+
+
+def spec(transforms_=("random_resized_crop", "random_flip", "normalize"), size=48, squash=False):
+    return ImageSpec(
+        size=size,
+        interpolation="bicubic",
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+        normalize=True,
+        train_transforms=list(transforms_),
+        crop_scale=(0.3, 1.0),
+        squash=squash,
+    )
+
+
+def photo(h, w, seed, mode="RGB", orientation=None, fmt="JPEG") -> bytes:
+    """A textured, asymmetric picture (a gradient and a bright corner), so a wrong flip or rotation shows."""
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    rgb = torch.stack([x, y, x * y]) * 200 + 40 * torch.rand(3, h, w, generator=g)
+    rgb[:, : h // 5, : w // 7] = 255
+    img = Image.fromarray(rgb.clamp(0, 255).byte().permute(1, 2, 0).numpy()).convert(mode)
+    out = io.BytesIO()
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    img.save(out, format=fmt, quality=90, exif=exif.tobytes()) if fmt == "JPEG" else img.save(out, format=fmt)
+    return out.getvalue()
+
+
+def dataset(blobs, pipeline, device_decode=True):
+    images = [{"bytes": blob, "path": f"img{i}.jpg"} for i, blob in enumerate(blobs)]
+    samples = ClassificationSamples(images, list(range(len(blobs))), [str(i) for i in range(len(blobs))], ["t"] * 9)
+    data = ClassificationDataset(samples, pipeline, seed=5)
+    data.device_decode = device_decode
+    return data
+
+
+def both_paths(blobs, pipeline, epoch=0):
+    """(the CPU path's batch, the device path's batch assembled on the CPU) of the same items."""
+    cpu, dev = dataset(blobs, pipeline, False), dataset(blobs, pipeline, True)
+    cpu.set_epoch(epoch), dev.set_epoch(epoch)
+    reference = collate([cpu[i] for i in range(len(blobs))])
+    batch = collate([dev[i] for i in range(len(blobs))])
+    return reference, batch
+
+
+@pytest.mark.parametrize("transforms_", [("random_resized_crop", "random_flip"), ("random_flip",), ()])
+@pytest.mark.parametrize("squash", [False, True])
+def test_the_device_path_gives_the_cpu_paths_pixels(transforms_, squash):
+    """Training (random resized crop and flip, or resize and flip) and evaluation transforms, shorter side and
+    squashed resizes, colour and gray JPEGs of several shapes, over two epochs' draws."""
+    blobs = [photo(90, 130, 0), photo(140, 70, 1), photo(64, 64, 2, "L"), photo(200, 150, 3)]
+    for epoch in (0, 1):
+        pipe = spec(transforms_, squash=squash)
+        pipeline = pipe.train_transform() if transforms_ else pipe.eval_transform()
+        reference, batch = both_paths(blobs, pipeline, epoch)
+        assert "pixel_values" not in batch and batch["encoded"].rows == [0, 1, 2, 3]
+        assert torch.equal(batch["labels"], reference["labels"])
+        pixels = assemble(batch, CPU)["pixel_values"]
+        assert pixels.dtype == torch.uint8 and pixels.shape == reference["pixel_values"].shape == (4, 3, 48, 48)
+        assert torch.equal(pixels, reference["pixel_values"])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("exif_transpose", [True, False])
+def test_exif_orientations_are_applied_as_pillow_applies_them(orientation, exif_transpose):
+    """Every EXIF orientation, applied (as Pillow's ``exif_transpose``) or not (``exif_transpose: false``), whatever
+    the device decoder does with the tag itself (TorchCodec's CPU decoder applies it); a CPU-decoded fallback too."""
+    blob = photo(60, 100, orientation, orientation=orientation)
+    shape = decode({"bytes": blob}, "t", exif_transpose=exif_transpose).shape
+    assert shape[-2:] == ((100, 60) if orientation >= 5 and exif_transpose else (60, 100))
+    for pipeline in (spec().train_transform(), spec(()).eval_transform()):
+        pipeline.exif_transpose = exif_transpose
+        reference, batch = both_paths([blob], pipeline)
+        assert batch["encoded"].items[0].plan[0] == orientation
+        assert torch.equal(assemble(batch, CPU)["pixel_values"], reference["pixel_values"])
+    data = dataset([blob, blob[: len(blob) // 2]], pipeline)  # a truncated file: the decoder refuses the batch, so
+    batch = collate([data[0], data[1]])  # both go to the CPU path's decoder, whose error names the file
+    with pytest.raises(ValueError, match="Cannot read image img1.jpg"):
+        assemble(batch, CPU)
+
+
+def test_other_formats_decode_in_the_worker_and_fill_their_rows():
+    """A PNG, a CMYK JPEG and a JPEG: the first two arrive as pixels, the batch keeps the item order."""
+    png, jpeg = photo(80, 90, 0, fmt="PNG"), photo(70, 110, 1)
+    cmyk = photo(75, 95, 2, mode="CMYK")
+    reference, batch = both_paths([png, jpeg, cmyk, jpeg], spec().train_transform())
+    assert batch["encoded"].rows == [1, 3] and batch["pixel_values"].shape[0] == 2
+    assert torch.equal(assemble(batch, CPU)["pixel_values"], reference["pixel_values"])
+
+
+def test_the_draws_are_the_cpu_transforms_draws():
+    """Crop boxes and flips drawn from the header's size under the item's seed equal the ones torchvision draws on
+    the decoded picture, for 300 seeds: the same distribution because the same draws."""
+    blob = photo(120, 200, 0)
+    pipeline = spec().train_transform()
+    crop, flip = pipeline.transforms
+    picture = decode({"bytes": blob}, "t")
+    for seed in range(300):
+        torch.manual_seed(seed)
+        plan = encode(pipeline, {"bytes": blob}, "t").plan.tolist()
+        torch.manual_seed(seed)
+        params = crop.make_params([picture])
+        flipped = bool(torch.rand(1) < flip.p)
+        assert plan[1:] == [params["top"], params["left"], params["height"], params["width"], int(flipped)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(8, 90), st.integers(8, 90), st.integers(0, 2**31))
+def test_any_jpeg_size_gives_a_square_of_the_training_size(h, w, seed):
+    reference, batch = both_paths([photo(h, w, seed % 97)], spec().train_transform(), epoch=seed % 5)
+    assert torch.equal(assemble(batch, CPU)["pixel_values"], reference["pixel_values"])
+
+
+def test_the_setting_is_checked_against_the_runs_device():
+    assert not use_device_decode("cpu", CPU) and not use_device_decode("auto", CPU)
+    with pytest.raises(ValueError, match="image_decode_device: cuda needs a CUDA device, but this run uses cpu"):
+        use_device_decode("cuda", CPU)
+
+
+def jpeg_copy(tmp_path) -> str:
+    """The bundled Fashion-MNIST train and test folders as JPEG files, registered in a dataset_info.json."""
+    for split in ("train", "test"):
+        for path in sorted((DATA_DIR / "fashion_mnist" / split).rglob("*.png")):
+            target = tmp_path / "fm_jpeg" / split / path.parent.name / (path.stem + ".jpg")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(path).convert("RGB").resize((40, 40)).save(target, quality=92)
+    info = {f"fmj_{s}": {"task": "classification", "file_name": f"fm_jpeg/{s}"} for s in ("train", "test")}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    return str(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_run_through_the_device_path_equals_the_cpu_path(tmp_path, monkeypatch):
+    """Training (decoded per item, through a loader worker: the bytes pickle) and evaluation through the device path,
+    on the CPU, give the CPU path's losses and accuracy."""
+    keys = dict(
+        dataset_dir=jpeg_copy(tmp_path),
+        dataset="fmj_train",
+        eval_dataset="fmj_test",
+        image_cache="none",
+        dataloader_num_workers=1,
+        num_train_epochs=2,
+    )
+    run_exp(base_args(tmp_path / "cpu", **keys))
+    calls = []
+    monkeypatch.setattr(workflow, "use_device_decode", lambda choice, device: calls.append(choice) or True)
+    run_exp(base_args(tmp_path / "device", **keys))
+    assert calls == ["auto"]
+    losses = [
+        [row["loss"] for row in map(json.loads, (tmp_path / run / "trainer_log.jsonl").open()) if "loss" in row]
+        for run in ("cpu", "device")
+    ]
+    assert len(losses[0]) == 6 and losses[0] == losses[1]
+    results = [read_json(tmp_path / run / "all_results.json") for run in ("cpu", "device")]
+    assert results[0]["eval_accuracy"] == results[1]["eval_accuracy"]
+
+
+@pytest.mark.slow
+def test_the_benchmark_measures_the_pipeline_from_files():
+    """``evaluation/benchmark.py --from_files`` on the CPU: decoded per item, bytes only (the device path's loader
+    side), decoded once; the end-to-end GPU runs are skipped without a GPU."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "evaluation" / "benchmark.py"), "--from_files", "--tiny", "--files", "48"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["device"] == "cpu" and result["files"] == 48
+    for key in ("per_item_images_per_s", "bytes_only_loader_images_per_s", "from_store_images_per_s"):
+        assert result[key] > 0, key
+    assert "stage_device_images_per_s" not in result
