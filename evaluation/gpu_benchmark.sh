@@ -27,6 +27,8 @@ if [ "$suite" = all ] || [ "$suite" = methods ]; then
     --methods full,bias,lora,adapter,vpt_shallow,vpt_deep | tail -1 | tee -a "$out"
 fi
 if [ "$suite" = all ] || [ "$suite" = files ]; then
+  # nvJPEG against the CPU path's pixels first (needs a torchcodec wheel built for the image's torch in WHEEL_DIR)
+  python3 -m pytest -q -p no:cacheprovider tests/test_device_decode.py -k gpu 2>&1 | tail -3 | tee -a "$out"
   python3 evaluation/benchmark.py --from_files --workers 8 --bf16 --batch_size 256 --steps 30 --compile \
     | tail -1 | tee -a "$out"
 fi

@@ -41,6 +41,25 @@ def base_args(output_dir, **overrides):
     return args
 
 
+TRAIN_TRANSFORMS = ("random_resized_crop", "random_flip", "normalize")
+
+
+def image_spec(transforms_=TRAIN_TRANSFORMS, size=64, crop_scale=(0.5, 1.0), squash=False):
+    """An ``ImageSpec`` for pipeline tests: bicubic, normalized around 0.5."""
+    from llamafactory.clip_finetune.data.transforms import ImageSpec
+
+    return ImageSpec(
+        size=size,
+        interpolation="bicubic",
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+        normalize=True,
+        train_transforms=list(transforms_),
+        crop_scale=crop_scale,
+        squash=squash,
+    )
+
+
 def i2t_args(output_dir, **overrides):
     args = base_args(
         output_dir,

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import DATA_DIR, ROOT, base_args, read_json
+from conftest import DATA_DIR, ROOT, base_args, image_spec, read_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from llamafactory.train.tuner import run_exp
@@ -21,23 +21,14 @@ import llamafactory.clip_finetune.train.workflow as workflow
 from llamafactory.clip_finetune.data.datasets import ClassificationDataset, collate
 from llamafactory.clip_finetune.data.device_decode import assemble, encode, use_device_decode
 from llamafactory.clip_finetune.data.readers import ClassificationSamples
-from llamafactory.clip_finetune.data.transforms import ImageSpec, decode
+from llamafactory.clip_finetune.data.transforms import decode
 
 
 CPU = torch.device("cpu")
 
 
-def spec(transforms_=("random_resized_crop", "random_flip", "normalize"), size=48, squash=False):
-    return ImageSpec(
-        size=size,
-        interpolation="bicubic",
-        mean=[0.5] * 3,
-        std=[0.5] * 3,
-        normalize=True,
-        train_transforms=list(transforms_),
-        crop_scale=(0.3, 1.0),
-        squash=squash,
-    )
+def spec(transforms_=("random_resized_crop", "random_flip", "normalize"), squash=False):
+    return image_spec(transforms_, size=48, crop_scale=(0.3, 1.0), squash=squash)
 
 
 def photo(h, w, seed, mode="RGB", orientation=None, fmt="JPEG") -> bytes:
@@ -100,7 +91,7 @@ def test_exif_orientations_are_applied_as_pillow_applies_them(orientation, exif_
     for pipeline in (spec().train_transform(), spec(()).eval_transform()):
         pipeline.exif_transpose = exif_transpose
         reference, batch = both_paths([blob], pipeline)
-        assert batch["encoded"].items[0].plan[0] == orientation
+        assert batch["encoded"].items[0].plan.tolist()[0][0] == orientation
         assert torch.equal(assemble(batch, CPU)["pixel_values"], reference["pixel_values"])
     data = dataset([blob, blob[: len(blob) // 2]], pipeline)  # a truncated file: the decoder refuses the batch, so
     batch = collate([data[0], data[1]])  # both go to the CPU path's decoder, whose error names the file
@@ -126,11 +117,29 @@ def test_the_draws_are_the_cpu_transforms_draws():
     picture = decode({"bytes": blob}, "t")
     for seed in range(300):
         torch.manual_seed(seed)
-        plan = encode(pipeline, {"bytes": blob}, "t").plan.tolist()
+        plan = encode(pipeline, {"bytes": blob}, "t").plan.tolist()[0]
         torch.manual_seed(seed)
         params = crop.make_params([picture])
         flipped = bool(torch.rand(1) < flip.p)
         assert plan[1:] == [params["top"], params["left"], params["height"], params["width"], int(flipped)]
+
+
+def test_cached_views_come_from_one_decode_with_each_views_draws():
+    """A feature cache's views of a JPEG: decoded once, view v with epoch v's draws, equal to the CPU path's views
+    (also from one decode) and to each view drawn as its own item (the per-item path's epoch v)."""
+    blobs = [photo(90, 130, 0), photo(80, 80, 1, fmt="PNG"), photo(140, 70, 2)]
+    pipeline = spec().train_transform()
+    cpu, dev = dataset(blobs, pipeline, False), dataset(blobs, pipeline, True)
+    reference = collate([cpu.views(i, 4) for i in range(3)])["pixel_values"]
+    batch = collate([dev.views(i, 4) for i in range(3)])
+    assert batch["encoded"].rows == [0, 2] and batch["encoded"].items[0].plan.shape == (4, 6)
+    pixels = assemble(batch, CPU)["pixel_values"]
+    assert pixels.shape == reference.shape == (3, 4, 3, 48, 48) and torch.equal(pixels, reference)
+    for view in range(4):
+        assert torch.equal(
+            pixels[:, view], torch.stack([cpu.__getitem__(i, epoch=view)["pixel_values"] for i in range(3)])
+        )
+    assert not torch.equal(pixels[:, 0], pixels[:, 1])
 
 
 @settings(max_examples=25, deadline=None)
@@ -138,6 +147,21 @@ def test_the_draws_are_the_cpu_transforms_draws():
 def test_any_jpeg_size_gives_a_square_of_the_training_size(h, w, seed):
     reference, batch = both_paths([photo(h, w, seed % 97)], spec().train_transform(), epoch=seed % 5)
     assert torch.equal(assemble(batch, CPU)["pixel_values"], reference["pixel_values"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs a CUDA device")
+def test_on_a_gpu_nvjpeg_and_the_device_kernels_agree_with_the_cpu_path():
+    """The GPU run (evaluation/gpu_benchmark.sh): nvJPEG's IDCT and CUDA's resampling differ from libjpeg-turbo's
+    and the CPU kernels by a level or so, not more; the crops are the same boxes."""
+    cuda = torch.device("cuda")
+    assert use_device_decode("auto", cuda)
+    blobs = [photo(90, 130, 0), photo(140, 70, 1, "L"), photo(300, 200, 2, orientation=6), photo(500, 400, 3)]
+    for pipeline in (spec().train_transform(), spec(()).eval_transform()):
+        reference, batch = both_paths(blobs, pipeline)
+        pixels = assemble(batch, cuda)["pixel_values"]
+        assert pixels.device.type == "cuda" and pixels.shape == reference["pixel_values"].shape
+        diff = (pixels.cpu().float() - reference["pixel_values"].float()).abs()
+        assert diff.mean() < 1.5 and torch.quantile(diff.flatten(), 0.99) <= 6, (diff.mean(), diff.amax())
 
 
 def test_the_setting_is_checked_against_the_runs_device():

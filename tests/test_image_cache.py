@@ -6,6 +6,7 @@ slightly smaller picture, so the outputs agree closely, and exactly where no res
 import pytest
 import torch
 from conftest import DATA_DIR, base_args, read_json
+from conftest import image_spec as spec
 from llamafactory.train.tuner import run_exp
 from PIL import Image
 
@@ -14,19 +15,6 @@ import llamafactory.clip_finetune.data.transforms as transforms
 from llamafactory.clip_finetune.data.datasets import ClassificationDataset
 from llamafactory.clip_finetune.data.image_cache import cache_training_images, estimated_bytes, stored_side
 from llamafactory.clip_finetune.data.readers import ClassificationSamples
-from llamafactory.clip_finetune.data.transforms import ImageSpec
-
-
-def spec(transforms_=("random_resized_crop", "random_flip", "normalize"), size=64):
-    return ImageSpec(
-        size=size,
-        interpolation="bicubic",
-        mean=[0.5] * 3,
-        std=[0.5] * 3,
-        normalize=True,
-        train_transforms=list(transforms_),
-        crop_scale=(0.5, 1.0),
-    )
 
 
 def photos(tmp_path, count=6):
@@ -116,17 +104,20 @@ def test_auto_caches_by_the_datas_size_and_none_never(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_run_decodes_each_training_image_once_across_epochs_and_cached_views(tmp_path, monkeypatch):
-    """A linear probe over 3 augmented views, then evaluation: each training file decoded once; without the cache,
-    once per view."""
+    """Three epochs of full finetuning: each training file decoded once with the store, once per epoch without it.
+    A linear probe over 3 augmented views: once even without the store (every view from one decode)."""
     calls = []
     original = transforms.decode
     monkeypatch.setattr(transforms, "decode", lambda image, *a, **k: calls.append(image) or original(image, *a, **k))
-    keys = dict(finetuning_type="linear_probe", probe_views=3, probe_epochs=5, dataloader_num_workers=0)
-    out = tmp_path / "cached"
-    run_exp(base_args(out, **keys))
-    train = [c for c in calls if "/train/" in str(c)]
-    assert len(train) == len(set(train)) == 20  # 2 shots x 10 classes
-    calls.clear()
-    run_exp(base_args(tmp_path / "plain", **keys, image_cache="none"))
-    assert len([c for c in calls if "/train/" in str(c)]) == 60
-    assert read_json(out / "all_results.json")["eval_accuracy"] > 0.1
+
+    def train_decodes(name, **keys):
+        calls.clear()
+        run_exp(base_args(tmp_path / name, dataloader_num_workers=0, **keys))
+        return [c for c in calls if "/train/" in str(c)]
+
+    cached = train_decodes("cached", num_train_epochs=3)
+    assert len(cached) == len(set(cached)) == 20  # 2 shots x 10 classes
+    assert len(train_decodes("plain", num_train_epochs=3, image_cache="none")) == 60
+    probe = dict(finetuning_type="linear_probe", probe_views=3, probe_epochs=5, image_cache="none")
+    assert len(train_decodes("probe", **probe)) == 20
+    assert read_json(tmp_path / "probe" / "all_results.json")["eval_accuracy"] > 0.1

@@ -42,6 +42,22 @@ class EpochSeeded:
             return {"encoded": encoded}
         return {"pixel_values": self.transform(image, origin)}
 
+    def views(self, index: int, views: int) -> dict[str, Any]:
+        """Item ``index``'s image decoded once (or read from the store) and transformed ``views`` times, view v with
+        epoch v's draws; or its JPEG bytes and the views' draws (``data.device_decode``)."""
+        pipeline, image, origin = self.transform, self.samples.images[index], self.samples.origins[index]
+        seeds = [self.seeded(index, view) for view in range(views)]
+        if self.decoded is None and self.device_decode:
+            encoded = encode(pipeline, image, origin, seeds)
+            if encoded is not None:
+                return {"encoded": encoded}
+        picture = self.decoded[index] if self.decoded is not None else pipeline.decode(image, origin)
+        out = []
+        for seed in seeds:
+            with seed:
+                out.append(pipeline.steps(picture))
+        return {"pixel_values": torch.stack(out)}
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
@@ -168,18 +184,18 @@ class CachedViewsDataset(Dataset):
 
 
 class ViewsDataset(Dataset):
-    """``views`` augmented passes over ``dataset`` as one dataset: item k is image k % n in pass k // n, the pass
-    number standing in for the epoch, so that the passes differ and each is reproducible."""
+    """``views`` augmented views of each image of ``dataset[indices]``, all from one decode: item i is image
+    ``indices[i]``'s views ([views, 3, size, size], or its JPEG bytes and every view's draws for the device), view v
+    drawn as epoch v would draw it, so that the views differ and each is reproducible."""
 
     def __init__(self, dataset: Any, indices: list[int], views: int):
         self.dataset, self.indices, self.views = dataset, indices, views
 
     def __len__(self) -> int:
-        return len(self.indices) * self.views
+        return len(self.indices)
 
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        view, i = divmod(k, len(self.indices))
-        return self.dataset.__getitem__(self.indices[i], epoch=view)
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.dataset.views(self.indices[i], self.views)
 
 
 def collated(batch: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ same torchvision kernels with them. So both paths crop the same boxes; on the CP
 Other files (PNG, WebP, ..., CMYK JPEGs) are decoded and transformed in the worker as on the CPU path.
 """
 
+import contextlib
 import functools
 import io
 from dataclasses import dataclass
@@ -32,15 +33,16 @@ INVERSE = {6: 8, 8: 6}  # the others undo themselves
 
 @dataclass
 class EncodedImage:
-    """One item's JPEG bytes, its EXIF orientation tag and draws (crop box: top, left, height, width, the whole
-    picture when the pipeline has no random crop; flip: [orientation, top, left, height, width, flip]), the pipeline
-    that finishes it (one object per batch when pickled from a worker)."""
+    """One item's JPEG bytes, one row per view of its EXIF orientation tag and draws (crop box: top, left, height,
+    width, the whole picture when the pipeline has no random crop; flip: [views, 6] rows of [orientation, top, left,
+    height, width, flip]), and the pipeline that finishes it (one object per batch when pickled from a worker)."""
 
     data: torch.Tensor
     plan: torch.Tensor
     name: str  # the file, and where it was listed: for error messages
     origin: str
     pipeline: ImagePipeline
+    views: bool  # finished as [views, 3, size, size] (cached views), else as one [3, size, size] image
 
 
 class EncodedImages:
@@ -64,9 +66,11 @@ def read_bytes(image: Any) -> bytes:
         return f.read()
 
 
-def encode(pipeline: ImagePipeline, image: Any, origin: str) -> EncodedImage | None:
+def encode(pipeline: ImagePipeline, image: Any, origin: str, seeds: list[Any] | None = None) -> EncodedImage | None:
     """In a loader worker: the file's bytes and its draws, or ``None`` when it is not a JPEG the device decodes
-    (then the caller decodes it here). Reads the header only; a broken file fails later with the CPU path's error."""
+    (then the caller decodes it here). ``seeds``: for cached views, one context per view that seeds the CPU generator
+    as the CPU path does for that view; else one image, under the caller's seed. Reads the header only; a broken file
+    fails later with the CPU path's error."""
     try:
         data = read_bytes(image)
         with Image.open(io.BytesIO(data)) as img:
@@ -79,10 +83,15 @@ def encode(pipeline: ImagePipeline, image: Any, origin: str) -> EncodedImage | N
     orientation = orientation if 1 <= orientation <= 8 else 1
     if orientation in EXIF_SWAPS and pipeline.exif_transpose:
         height, width = width, height
-    box, flip = draws(pipeline.transforms, height, width)
-    plan = torch.tensor([orientation, *box, flip], dtype=torch.long)
+    rows = []
+    for seed in seeds or [contextlib.nullcontext()]:
+        with seed:
+            box, flip = draws(pipeline.transforms, height, width)
+        rows.append([orientation, *box, flip])
     name = image if isinstance(image, str) else str(image.get("path") or "")
-    return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), plan, name, origin, pipeline)
+    plan = torch.tensor(rows, dtype=torch.long)
+    data = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return EncodedImage(data, plan, name, origin, pipeline, seeds is not None)
 
 
 def draws(steps: list[v2.Transform], height: int, width: int) -> tuple[list[int], int]:
@@ -162,8 +171,9 @@ def unoriented(item: EncodedImage) -> torch.Tensor:
 
 
 def decode_encoded(encoded: EncodedImages, device: torch.device) -> torch.Tensor:
-    """The batch's encoded images decoded on ``device`` in one call and finished there: [n, 3, size, size] uint8.
-    A batch nvJPEG refuses is decoded image by image on the CPU, where a broken file gets the CPU path's error."""
+    """The batch's encoded images decoded on ``device`` in one call and finished there, every view from the one
+    decode: [n, 3, size, size] uint8, or [n, views, 3, size, size]. A batch nvJPEG refuses is decoded image by image
+    on the CPU, where a broken file gets the CPU path's error."""
     from torchcodec.decoders import decode_jpeg
 
     try:
@@ -176,10 +186,9 @@ def decode_encoded(encoded: EncodedImages, device: torch.device) -> torch.Tensor
     pipeline = encoded.items[0].pipeline
     finished = []  # one image at a time: the pictures differ in size until they are cropped
     for image, item in zip(images, encoded.items, strict=True):
-        plan = item.plan.tolist()
-        finished.append(
-            finish(pipeline.transforms, image, plan, correction(plan[0], applied, pipeline.exif_transpose))
-        )
+        turn = correction(int(item.plan[0, 0]), applied, pipeline.exif_transpose)
+        views = torch.stack([finish(pipeline.transforms, image, p, turn) for p in item.plan.tolist()])
+        finished.append(views if item.views else views[0])
     return torch.stack(finished)
 
 

@@ -43,9 +43,9 @@ def cache_device(trainer, images: int, views: int) -> torch.device:
 def compute_views(
     trainer, dataset: "TrainingSet", indices: list[int], views: int, store: torch.device
 ) -> torch.Tensor:
-    """``views`` passes over ``dataset[indices]`` with its random training transforms (pass v draws as epoch v
-    would), in eval mode, all passes in one loader; [images, views, width] pooled outputs of the image tower,
-    float32 on ``store``."""
+    """``views`` augmented views of each image of ``dataset[indices]`` (view v drawn as epoch v would draw it), every
+    view of an image from one decode (on the device with ``image_decode_device``), encoded in eval mode;
+    [images, views, width] pooled outputs of the image tower, float32 on ``store``."""
     model, args = trainer.model, trainer.args
     width = model.family.pooled_width(model.clip)
     if len(indices) == 0:
@@ -54,7 +54,7 @@ def compute_views(
     model.eval()
     loader = DataLoader(
         ViewsDataset(dataset, indices, views),
-        batch_size=args.per_device_eval_batch_size,
+        batch_size=max(args.per_device_eval_batch_size // views, 1),  # images, each with its views
         num_workers=args.dataloader_num_workers,
         collate_fn=trainer.data_collator,
         pin_memory=args.dataloader_pin_memory and args.device.type == "cuda",
@@ -63,9 +63,10 @@ def compute_views(
     for batch in loader:
         with trainer.autocast_smart_context_manager():
             pixels = assemble(batch, args.device)["pixel_values"].to(args.device, non_blocking=True)
-            features.append(model.pooled_image(pixels).float().to(store))
+            pooled = model.pooled_image(pixels.flatten(0, 1)).float()
+            features.append(pooled.view(-1, views, width).to(store))
     model.train(was_training)
-    return torch.cat(features).view(views, len(indices), width).transpose(0, 1).contiguous()
+    return torch.cat(features)
 
 
 def shard(total: int, rank: int, world: int) -> range:
