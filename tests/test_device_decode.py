@@ -19,7 +19,7 @@ from PIL import Image
 
 import llamafactory.clip_finetune.train.workflow as workflow
 from llamafactory.clip_finetune.data.datasets import ClassificationDataset, collate
-from llamafactory.clip_finetune.data.device_decode import assemble, encode, use_device_decode
+from llamafactory.clip_finetune.data.device_decode import assemble, encode, use_device_decode, without_exif
 from llamafactory.clip_finetune.data.readers import ClassificationSamples
 from llamafactory.clip_finetune.data.transforms import decode
 
@@ -48,7 +48,9 @@ def photo(h, w, seed, mode="RGB", orientation=None, fmt="JPEG") -> bytes:
 
 def dataset(blobs, pipeline, device_decode=True):
     images = [{"bytes": blob, "path": f"img{i}.jpg"} for i, blob in enumerate(blobs)]
-    samples = ClassificationSamples(images, list(range(len(blobs))), [str(i) for i in range(len(blobs))], ["t"] * 9)
+    samples = ClassificationSamples(
+        images, list(range(len(blobs))), [str(i) for i in range(len(blobs))], ["t"] * len(blobs)
+    )
     data = ClassificationDataset(samples, pipeline, seed=5)
     data.device_decode = device_decode
     return data
@@ -91,12 +93,66 @@ def test_exif_orientations_are_applied_as_pillow_applies_them(orientation, exif_
     for pipeline in (spec().train_transform(), spec(()).eval_transform()):
         pipeline.exif_transpose = exif_transpose
         reference, batch = both_paths([blob], pipeline)
-        assert batch["encoded"].items[0].plan.tolist()[0][0] == orientation
+        assert batch["encoded"].items[0].plan[0][0] == (orientation if exif_transpose else 1)
         assert torch.equal(assemble(batch, CPU)["pixel_values"], reference["pixel_values"])
     data = dataset([blob, blob[: len(blob) // 2]], pipeline)  # a truncated file: the decoder refuses the batch, so
     batch = collate([data[0], data[1]])  # both go to the CPU path's decoder, whose error names the file
     with pytest.raises(ValueError, match="Cannot read image img1.jpg"):
         assemble(batch, CPU)
+
+
+XMP_ORIENTATION = (
+    b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+    b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/'
+    b'tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+)
+
+
+@pytest.mark.parametrize("where", ["xmp only", "xmp before exif"])
+def test_an_orientation_pillow_reads_elsewhere_than_the_decoders_is_applied_once(where):
+    """Pillow also reads an XMP orientation, and TorchCodec only the first APP1 segment: the worker drops the EXIF
+    segments, so no decoder turns the picture itself and the device applies the tag Pillow applies."""
+    img, out = Image.open(io.BytesIO(photo(60, 100, 0))), io.BytesIO()
+    exif = Image.Exif()
+    if where == "xmp before exif":
+        exif[0x0112] = 3
+    img.save(out, format="JPEG", quality=95, xmp=XMP_ORIENTATION, exif=exif.tobytes())
+    blob = out.getvalue()
+    assert decode({"bytes": blob}, "t").shape[-2:] == ((100, 60) if where == "xmp only" else (60, 100))
+    for pipeline in (spec().train_transform(), spec(()).eval_transform()):
+        reference, batch = both_paths([blob], pipeline)
+        assert torch.equal(assemble(batch, CPU)["pixel_values"], reference["pixel_values"])
+
+
+def test_dropping_exif_leaves_the_compressed_picture_as_it_was():
+    from torchcodec.decoders import decode_jpeg
+
+    for orientation in (1, 6):
+        blob = photo(70, 90, orientation, orientation=orientation)
+        stripped = without_exif(blob)
+        assert b"Exif\x00\x00" in blob and b"Exif\x00\x00" not in stripped and len(stripped) < len(blob)
+        raw = decode({"bytes": blob}, "t", exif_transpose=False)
+        assert torch.equal(decode_jpeg(torch.frombuffer(bytearray(stripped), dtype=torch.uint8)), raw)
+    png = photo(20, 20, 0, fmt="PNG")
+    assert without_exif(png) == png
+
+
+def test_loader_workers_send_encoded_batches_without_a_file_handle_per_image():
+    """Under a 256 open-file limit, two workers and batches of 128 JPEGs: shared-memory tensors per image would run
+    out of handles (the worker's send thread fails and the loader waits forever); plain bytes do not."""
+    script = f"""
+import resource, sys, torch
+sys.path.insert(0, {str(ROOT / "tests")!r})
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from torch.utils.data import DataLoader
+from test_device_decode import dataset, photo, spec
+from llamafactory.clip_finetune.data.datasets import collate
+data = dataset([photo(24, 24, i % 7) for i in range(512)], spec().train_transform())
+loader = DataLoader(data, batch_size=128, num_workers=2, collate_fn=collate, timeout=60)
+print(sum(len(batch["encoded"].rows) for batch in loader))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "512", out.stderr[-2000:]
 
 
 def test_other_formats_decode_in_the_worker_and_fill_their_rows():
@@ -117,7 +173,7 @@ def test_the_draws_are_the_cpu_transforms_draws():
     picture = decode({"bytes": blob}, "t")
     for seed in range(300):
         torch.manual_seed(seed)
-        plan = encode(pipeline, {"bytes": blob}, "t").plan.tolist()[0]
+        plan = encode(pipeline, {"bytes": blob}, "t").plan[0]
         torch.manual_seed(seed)
         params = crop.make_params([picture])
         flipped = bool(torch.rand(1) < flip.p)
@@ -132,7 +188,7 @@ def test_cached_views_come_from_one_decode_with_each_views_draws():
     cpu, dev = dataset(blobs, pipeline, False), dataset(blobs, pipeline, True)
     reference = collate([cpu.views(i, 4) for i in range(3)])["pixel_values"]
     batch = collate([dev.views(i, 4) for i in range(3)])
-    assert batch["encoded"].rows == [0, 2] and batch["encoded"].items[0].plan.shape == (4, 6)
+    assert batch["encoded"].rows == [0, 2] and [len(row) for row in batch["encoded"].items[0].plan] == [6] * 4
     pixels = assemble(batch, CPU)["pixel_values"]
     assert pixels.shape == reference.shape == (3, 4, 3, 48, 48) and torch.equal(pixels, reference)
     for view in range(4):

@@ -1,15 +1,16 @@
 """Decode JPEG images on the accelerator (``image_decode_device``): loader workers only read each file's bytes and
-draw its crop; the main process decodes the batch with nvJPEG (TorchCodec, one call per batch), then crops, resizes
-and flips each image there.
+draw its crop; the main process decodes the batch with nvJPEG (TorchCodec, a chunk of images per call), then crops,
+resizes and flips each image there.
 
-The draws are the CPU path's: a worker reads the picture's size from the JPEG header and makes, under the item's
-seed, the random-resized-crop and flip draws the CPU transforms make on the decoded picture, and the device runs the
-same torchvision kernels with them. So both paths crop the same boxes; on the CPU they give the same pixels.
-Other files (PNG, WebP, ..., CMYK JPEGs) are decoded and transformed in the worker as on the CPU path.
+The draws are the CPU path's: a worker reads the picture's size and EXIF orientation from the JPEG header and makes,
+under the item's seed, the random-resized-crop and flip draws the CPU transforms make on the decoded picture, and the
+device runs the same torchvision kernels with them. So both paths crop the same boxes; on the CPU they give the same
+pixels. The worker drops the file's EXIF segments, so that no decoder turns the picture by itself (TorchCodec's do,
+from EXIF only, where Pillow also reads an XMP orientation): ``orient`` applies the tag Pillow reads. Other files
+(PNG, WebP, ..., CMYK JPEGs) are decoded and transformed in the worker as on the CPU path.
 """
 
 import contextlib
-import functools
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -28,17 +29,18 @@ logger = logging.get_logger(__name__)
 DEVICE_MODES = ("RGB", "L")  # colour and gray JPEGs; nvJPEG is not given CMYK/YCCK ones
 ORIENTATION = 0x0112
 EXIF_SWAPS = (5, 6, 7, 8)  # orientations that exchange height and width
-INVERSE = {6: 8, 8: 6}  # the others undo themselves
+CHUNK = 64  # images decoded per call: a batch of large photos at full resolution would hold gigabytes at once
 
 
 @dataclass
 class EncodedImage:
-    """One item's JPEG bytes, one row per view of its EXIF orientation tag and draws (crop box: top, left, height,
-    width, the whole picture when the pipeline has no random crop; flip: [views, 6] rows of [orientation, top, left,
-    height, width, flip]), and the pipeline that finishes it (one object per batch when pickled from a worker)."""
+    """One item's JPEG bytes (without EXIF), one row per view of [orientation to apply, crop box (top, left, height,
+    width; the whole picture when the pipeline has no random crop), flip], and the pipeline that finishes it.
+    Plain Python values: a worker sends them through its pipe, not as shared-memory tensors (two file handles per
+    image, which a 1,024-handle limit runs out of at batch 256)."""
 
-    data: torch.Tensor
-    plan: torch.Tensor
+    data: bytes
+    plan: list[list[int]]
     name: str  # the file, and where it was listed: for error messages
     origin: str
     pipeline: ImagePipeline
@@ -77,11 +79,11 @@ def encode(pipeline: ImagePipeline, image: Any, origin: str, seeds: list[Any] | 
             if img.format != "JPEG" or img.mode not in DEVICE_MODES:
                 return None
             width, height = img.size
-            orientation = int(img.getexif().get(ORIENTATION, 1))
+            tag = int(img.getexif().get(ORIENTATION, 1))  # as Pillow's exif_transpose reads it (EXIF, else XMP)
     except Exception:  # unreadable here: the CPU path raises its message naming the file
         return None
-    orientation = orientation if 1 <= orientation <= 8 else 1
-    if orientation in EXIF_SWAPS and pipeline.exif_transpose:
+    orientation = tag if pipeline.exif_transpose and 1 <= tag <= 8 else 1
+    if orientation in EXIF_SWAPS:
         height, width = width, height
     rows = []
     for seed in seeds or [contextlib.nullcontext()]:
@@ -89,9 +91,27 @@ def encode(pipeline: ImagePipeline, image: Any, origin: str, seeds: list[Any] | 
             box, flip = draws(pipeline.transforms, height, width)
         rows.append([orientation, *box, flip])
     name = image if isinstance(image, str) else str(image.get("path") or "")
-    plan = torch.tensor(rows, dtype=torch.long)
-    data = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    return EncodedImage(data, plan, name, origin, pipeline, seeds is not None)
+    return EncodedImage(without_exif(data), rows, name, origin, pipeline, seeds is not None)
+
+
+def without_exif(data: bytes) -> bytes:
+    """The JPEG without its EXIF segments (APP1 starting ``Exif\\0\\0``) before the image data; the rest unchanged."""
+    if data[:2] != b"\xff\xd8":
+        return data
+    kept, i = [data[:2]], 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker in (0xDA, 0xD9):  # start of scan (the compressed image follows) or end of image
+            break
+        if marker == 0xFF:  # a fill byte
+            i += 1
+            continue
+        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if not (marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\x00\x00"):
+            kept.append(data[i:end])
+        i = end
+    kept.append(data[i:])
+    return b"".join(kept)
 
 
 def draws(steps: list[v2.Transform], height: int, width: int) -> tuple[list[int], int]:
@@ -127,29 +147,9 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     return image
 
 
-def correction(tag: int, applied: bool, wanted: bool) -> int:
-    """The orientation to apply to a picture decoded with its EXIF ``tag`` ``applied`` or not, so that it ends up
-    oriented when ``wanted`` (``exif_transpose``), as the file's raw pixels otherwise."""
-    if applied == wanted:
-        return 1
-    return tag if wanted else INVERSE.get(tag, tag)
-
-
-@functools.cache
-def decoder_orients(device: torch.device) -> bool:
-    """Whether TorchCodec's JPEG decoder applies the EXIF orientation itself on ``device`` (its CPU decoder does):
-    read off a 16 x 8 picture tagged as rotated."""
-    from torchcodec.decoders import decode_jpeg
-
-    out, exif = io.BytesIO(), Image.Exif()
-    exif[ORIENTATION] = 6
-    Image.new("RGB", (16, 8)).save(out, format="JPEG", exif=exif.tobytes())
-    return decode_jpeg(torch.frombuffer(bytearray(out.getvalue()), dtype=torch.uint8), device=device).shape[-2] == 16
-
-
-def finish(steps: list[v2.Transform], image: torch.Tensor, plan: list[int], orientation: int) -> torch.Tensor:
-    """``steps`` on ``image`` (turned by ``orientation`` first) with the worker's draws: the CPU path's kernels."""
-    image = orient(image, orientation)
+def finish(steps: list[v2.Transform], image: torch.Tensor, plan: list[int]) -> torch.Tensor:
+    """``steps`` on ``image`` (turned by its orientation first) with the worker's draws: the CPU path's kernels."""
+    image = orient(image, plan[0])
     for step in steps:
         if isinstance(step, v2.RandomResizedCrop):
             image = F.resized_crop(
@@ -162,33 +162,36 @@ def finish(steps: list[v2.Transform], image: torch.Tensor, plan: list[int], orie
     return image
 
 
-def unoriented(item: EncodedImage) -> torch.Tensor:
-    """``item`` decoded on the CPU by the CPU path's decoder (its errors name the file), not turned by its EXIF tag:
-    ``finish`` does that for every image alike."""
-    return decode(
-        {"bytes": item.data.numpy().tobytes(), "path": item.name}, item.origin, item.pipeline.background, False
-    )
+def decoded_chunk(items: list[EncodedImage], device: torch.device) -> list[torch.Tensor]:
+    """``items`` decoded on ``device`` in one call, unoriented (their EXIF is gone). A chunk nvJPEG refuses is
+    decoded image by image on the CPU by the CPU path's decoder, whose errors name the file."""
+    from torchcodec.decoders import decode_jpeg
+
+    buffer = torch.frombuffer(bytearray().join(item.data for item in items), dtype=torch.uint8)
+    ends = torch.tensor([len(item.data) for item in items]).cumsum(0).tolist()
+    sources = [buffer[end - len(item.data) : end] for item, end in zip(items, ends, strict=True)]
+    try:
+        return decode_jpeg(sources, mode="RGB", device=device)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError) as err:
+        logger.warning_once(f"image_decode_device: the device decoder refused a batch ({err}); decoded on the CPU.")
+        return [
+            decode({"bytes": item.data, "path": item.name}, item.origin, item.pipeline.background, False).to(device)
+            for item in items
+        ]
 
 
 def decode_encoded(encoded: EncodedImages, device: torch.device) -> torch.Tensor:
-    """The batch's encoded images decoded on ``device`` in one call and finished there, every view from the one
-    decode: [n, 3, size, size] uint8, or [n, views, 3, size, size]. A batch nvJPEG refuses is decoded image by image
-    on the CPU, where a broken file gets the CPU path's error."""
-    from torchcodec.decoders import decode_jpeg
-
-    try:
-        images = decode_jpeg([item.data for item in encoded.items], mode="RGB", device=device)
-        applied = decoder_orients(device)
-    except (RuntimeError, ValueError) as err:
-        logger.warning_once(f"image_decode_device: the device decoder refused a batch ({err}); decoded on the CPU.")
-        images = [unoriented(item).to(device) for item in encoded.items]
-        applied = False
-    pipeline = encoded.items[0].pipeline
+    """The batch's encoded images decoded on ``device`` (``CHUNK`` per call) and finished there, every view from the
+    one decode: [n, 3, size, size] uint8, or [n, views, 3, size, size]."""
+    steps = encoded.items[0].pipeline.transforms
     finished = []  # one image at a time: the pictures differ in size until they are cropped
-    for image, item in zip(images, encoded.items, strict=True):
-        turn = correction(int(item.plan[0, 0]), applied, pipeline.exif_transpose)
-        views = torch.stack([finish(pipeline.transforms, image, p, turn) for p in item.plan.tolist()])
-        finished.append(views if item.views else views[0])
+    for start in range(0, len(encoded.items), CHUNK):
+        chunk = encoded.items[start : start + CHUNK]
+        for image, item in zip(decoded_chunk(chunk, device), chunk, strict=True):
+            views = torch.stack([finish(steps, image, plan) for plan in item.plan])
+            finished.append(views if item.views else views[0])
     return torch.stack(finished)
 
 
