@@ -224,6 +224,10 @@ def test_the_setting_is_checked_against_the_runs_device():
     assert not use_device_decode("cpu", CPU) and not use_device_decode("auto", CPU)
     with pytest.raises(ValueError, match="image_decode_device: cuda needs a CUDA device, but this run uses cpu"):
         use_device_decode("cuda", CPU)
+    if not torch.cuda.is_available():  # a CUDA device nvJPEG cannot use: auto falls back, cuda says why
+        assert not use_device_decode("auto", torch.device("cuda"))
+        with pytest.raises(ValueError, match="image_decode_device: cuda, but nvJPEG cannot decode on cuda"):
+            use_device_decode("cuda", torch.device("cuda"))
 
 
 def jpeg_copy(tmp_path) -> str:

@@ -228,11 +228,11 @@ def use_device_decode(choice: str, device: torch.device) -> bool:
         if choice == "cuda":
             raise ValueError(f"image_decode_device: cuda needs a CUDA device, but this run uses {device}; use auto.")
         return False
-    from torchcodec.decoders import decode_jpeg
+    try:  # TorchCodec built for another torch fails at import; a driver too old for nvJPEG 13 at the decode
+        from torchcodec.decoders import decode_jpeg
 
-    try:
         decode_jpeg([torch.frombuffer(bytearray(probe_jpeg()), dtype=torch.uint8)], device=device)
-    except Exception as err:  # a driver or library mismatch: nvJPEG unusable on this host
+    except Exception as err:
         if choice == "cuda":
             raise ValueError(f"image_decode_device: cuda, but nvJPEG cannot decode on {device}: {err}") from err
         logger.warning_rank0(f"image_decode_device auto: nvJPEG cannot decode on {device} ({err}); CPU decoding.")
