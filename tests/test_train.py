@@ -1,10 +1,11 @@
 """End-to-end runs in-process through LLaMA-Factory's `run_exp`, as its own tests do."""
 
 import json
+import re
 
 import pytest
 import torch
-from conftest import TINY_CLIP, base_args, i2t_args, read_json
+from conftest import TINY_CLIP, base_args, i2t_args, read_json, run_cli
 from llamafactory.train.tuner import run_exp
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor
@@ -126,3 +127,18 @@ def test_the_optimizer_holds_the_model_the_trainer_prepared_first(tmp_path, clip
     optimizer = trainer.create_optimizer(prepared)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert held == {id(p) for p in prepared.parameters()}
+
+
+def test_fsdp_that_accelerate_would_drop_is_refused(tmp_path):
+    """On CPU processes started by torchrun, accelerate runs without FSDP2 and says nothing (`fsdp: full_shard` with
+    `fsdp_version: 2` trained unsharded, as DDP): the stage refuses instead of ignoring the key. (FSDP1, or one CPU
+    process: accelerate itself refuses, "no available devices".)"""
+    args = base_args(tmp_path / "out", fsdp="full_shard", fsdp_config={"fsdp_version": 2}, max_steps=1, do_eval=False)
+    config = tmp_path / "fsdp.yaml"
+    config.write_text(json.dumps(args))  # JSON is YAML
+    out = run_cli(["train", str(config)], env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"})
+    logs = out.stdout + out.stderr
+    assert out.returncode != 0
+    pattern = r"fsdp: full_shard was set, but accelerate .* this run is MULTI_CPU .*\s+.*unsharded"
+    assert re.search(pattern, logs), logs[-3000:]
+    assert not (tmp_path / "out" / "model.safetensors").exists()

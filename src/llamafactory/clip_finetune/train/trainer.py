@@ -5,6 +5,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Any
 
+import accelerate
 import torch
 from accelerate.utils import DistributedType
 from llamafactory.extras import logging
@@ -49,6 +50,14 @@ class ClipTrainer(Trainer):
         self.run_record = run_record
         kwargs.setdefault("data_collator", collate)
         super().__init__(*args, **kwargs)
+        if self.args.fsdp and not self.is_fsdp_enabled:  # accelerate drops it without a word
+            state = self.accelerator.state
+            raise ValueError(
+                f"fsdp: {' '.join(option.value for option in self.args.fsdp)} was set, but accelerate "
+                f"{accelerate.__version__} shards only processes on accelerators started by a launcher; this run is "
+                f"{state.distributed_type.value} on {state.device} and would train unsharded. Remove fsdp (CPU "
+                "processes train with DDP), or launch on GPUs (FORCE_TORCHRUN=1)."
+            )
         # contrastive batches of N micro-batches (``cached_step``): the loader yields the whole batch
         self.micro_batches = getattr(optim_args, "contrastive_accumulation_steps", 1)
         if self.micro_batches > 1:
