@@ -21,14 +21,15 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from .transforms import ImagePipeline, decode
+from .transforms import ImagePipeline, decode, image_name, image_source
 
 
 logger = logging.get_logger(__name__)
 
 DEVICE_MODES = ("RGB", "L")  # colour and gray JPEGs; nvJPEG is not given CMYK/YCCK ones
 ORIENTATION = 0x0112
-EXIF_SWAPS = (5, 6, 7, 8)  # orientations that exchange height and width
+EXIF_SWAPS = (5, 6, 7, 8)  # orientations that exchange height and width: a transpose first
+TURNS = {2: (-1,), 3: (-2, -1), 4: (-2,), 6: (-1,), 7: (-2, -1), 8: (-2,)}  # then flips of these dims
 CHUNK = 64  # images decoded per call: a batch of large photos at full resolution would hold gigabytes at once
 
 
@@ -59,12 +60,10 @@ class EncodedImages:
 
 
 def read_bytes(image: Any) -> bytes:
-    if isinstance(image, str):
-        with open(image, "rb") as f:
-            return f.read()
-    if isinstance(image, dict) and image.get("bytes") is not None:
-        return bytes(image["bytes"])
-    with open(image["path"], "rb") as f:
+    source = image_source(image)
+    if isinstance(source, io.BytesIO):
+        return source.getvalue()
+    with open(source, "rb") as f:
         return f.read()
 
 
@@ -90,8 +89,7 @@ def encode(pipeline: ImagePipeline, image: Any, origin: str, seeds: list[Any] | 
         with seed:
             box, flip = draws(pipeline.transforms, height, width)
         rows.append([orientation, *box, flip])
-    name = image if isinstance(image, str) else str(image.get("path") or "")
-    return EncodedImage(without_exif(data), rows, name, origin, pipeline, seeds is not None)
+    return EncodedImage(without_exif(data), rows, image_name(image), origin, pipeline, seeds is not None)
 
 
 def without_exif(data: bytes) -> bytes:
@@ -128,23 +126,10 @@ def draws(steps: list[v2.Transform], height: int, width: int) -> tuple[list[int]
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
-    """Pillow's ``exif_transpose`` on a (C, H, W) tensor."""
-    if orientation in (5, 6, 7, 8):
-        image = image.transpose(-2, -1)  # 5 is the transpose; 6, 7, 8 are it followed by a flip
-        if orientation == 6:
-            return image.flip(-1)
-        if orientation == 7:
-            return image.flip(-2, -1)
-        if orientation == 8:
-            return image.flip(-2)
-        return image
-    if orientation == 2:
-        return image.flip(-1)
-    if orientation == 3:
-        return image.flip(-2, -1)
-    if orientation == 4:
-        return image.flip(-2)
-    return image
+    """Pillow's ``exif_transpose`` on a (C, H, W) tensor: a transpose for 5-8, then the flips of ``TURNS``."""
+    image = image.transpose(-2, -1) if orientation in EXIF_SWAPS else image
+    flips = TURNS.get(orientation, ())
+    return image.flip(flips) if flips else image
 
 
 def finish(steps: list[v2.Transform], image: torch.Tensor, plan: list[int]) -> torch.Tensor:

@@ -126,6 +126,22 @@ def to_rgb8(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB")
 
 
+def image_source(image: Any) -> Any:
+    """What Pillow opens for an image reference: a path, or the bytes of a ``{"bytes": ...}`` dict as a stream."""
+    if isinstance(image, str):
+        return image
+    if isinstance(image, dict) and image.get("bytes") is not None:
+        return io.BytesIO(image["bytes"])
+    if isinstance(image, dict) and image.get("path"):
+        return image["path"]
+    raise ValueError(f"unsupported image reference {type(image).__name__}")
+
+
+def image_name(image: Any) -> str:
+    """The file an image reference names, for messages ("" for bytes without a path)."""
+    return image if isinstance(image, str) else str((image.get("path") if isinstance(image, dict) else "") or "")
+
+
 def decode(
     image: Any, origin: str, background: tuple[int, int, int] = (255, 255, 255), exif_transpose: bool = True
 ) -> torch.Tensor:
@@ -135,19 +151,10 @@ def decode(
     orientation applied (unless ``exif_transpose`` is false), 16-bit images scaled to 8 bits, transparent pixels
     composited onto ``background``."""
     try:
-        if isinstance(image, str):
-            source: Any = image
-        elif isinstance(image, dict) and image.get("bytes") is not None:
-            source = io.BytesIO(image["bytes"])
-        elif isinstance(image, dict) and image.get("path"):
-            source = image["path"]
-        else:
-            raise ValueError(f"unsupported image reference {type(image).__name__}")
-        with Image.open(source) as img:
+        with Image.open(image_source(image)) as img:
             img.seek(0)
             img = ImageOps.exif_transpose(img) if exif_transpose else img
             rgb = to_rgb8(img, background)
         return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
     except Exception as err:
-        name = image if isinstance(image, str) else (image.get("path") if isinstance(image, dict) else "")
-        raise ValueError(f"Cannot read image {name or ''} ({origin}): {err}") from err
+        raise ValueError(f"Cannot read image {image_name(image)} ({origin}): {err}") from err
