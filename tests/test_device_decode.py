@@ -220,7 +220,11 @@ def test_on_a_gpu_nvjpeg_and_the_device_kernels_agree_with_the_cpu_path():
         assert diff.mean() < 1.5 and torch.quantile(diff.flatten(), 0.99) <= 6, (diff.mean(), diff.amax())
 
 
-def test_the_setting_is_checked_against_the_runs_device():
+def test_the_setting_is_checked_against_the_runs_device(tmp_path):
+    from llamafactory.clip_finetune.train.arguments import check_clip_args
+
+    with pytest.raises(ValueError, match=r"image_decode_device: `gpu` is not one of \['auto', 'cpu', 'cuda'\]"):
+        check_clip_args(base_args(tmp_path, image_decode_device="gpu"))
     assert not use_device_decode("cpu", CPU) and not use_device_decode("auto", CPU)
     with pytest.raises(ValueError, match="image_decode_device: cuda needs a CUDA device, but this run uses cpu"):
         use_device_decode("cuda", CPU)
